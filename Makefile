@@ -1,0 +1,41 @@
+# Everything runs inside a local virtual environment, created and filled on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help setup run lab test bench sample clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.dev  ## create .venv and install everything (quick when already done)
+
+run: $(VENV)/.runtime  ## the main job on the bundled corpus and backbone
+	$(PY) -m helpers run
+
+lab: $(VENV)/.runtime  ## open JupyterLab on the notebooks
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: $(VENV)/.dev  ## the test suite (unit tests + notebooks in SMOKE mode)
+	$(PY) -m pytest
+
+bench: $(VENV)/.runtime  ## measure the methods, write results/
+	$(PY) -m helpers bench
+
+sample: $(VENV)/.runtime  ## regenerate the bundled corpus in data_sample/ (needs espeak-ng)
+	$(PY) -m helpers make-sample
+
+clean:  ## remove the environment and generated results (keeps results/reference)
+	rm -rf $(VENV) .pytest_cache
+	find results -mindepth 1 -maxdepth 1 ! -name reference -exec rm -rf {} +

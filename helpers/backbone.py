@@ -1,0 +1,75 @@
+"""Getting a Wav2Vec2: the bundled tiny one, a Hub checkpoint, a local folder, or a random preset.
+
+``load_backbone`` takes one string so that a notebook's parameters cell can switch backbones:
+
+=============================  ==========================================================
+``"tiny"``                     the bundled backbone in ``data_sample/backbone/``
+``"facebook/wav2vec2-base"``   any Hub id (needs internet the first time)
+``"path/to/folder"``           a folder written by ``save_pretrained``
+``"random:wav2vec2-base"``     the published architecture with random weights: exact speed
+``"random:wav2vec2-large"``    and memory figures without downloading anything
+=============================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from .data import SAMPLE_DIR
+
+BUNDLED_BACKBONE = SAMPLE_DIR / "backbone"
+
+
+def base_config() -> Wav2Vec2Config:
+    """facebook/wav2vec2-base: 12 post-LN layers of width 768, group-norm CNN (~94.4 M)."""
+    return Wav2Vec2Config()  # the library defaults are exactly the base architecture
+
+
+def large_config() -> Wav2Vec2Config:
+    """facebook/wav2vec2-large-lv60 / large-robust: 24 pre-LN layers of width 1024 (~315 M)."""
+    return Wav2Vec2Config(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+        feat_extract_norm="layer", conv_bias=True, do_stable_layer_norm=True)
+
+
+def tiny_config() -> Wav2Vec2Config:
+    """A ~3 M-parameter base-like Wav2Vec2 with the real CNN strides (20 ms frames).
+
+    Used with random weights only until the bundled pretrained backbone exists.
+    """
+    return Wav2Vec2Config(
+        hidden_size=192, num_hidden_layers=6, num_attention_heads=4, intermediate_size=768,
+        conv_dim=(64,) * 7, num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=16)
+
+
+PRESETS = {"random:wav2vec2-base": base_config, "random:wav2vec2-large": large_config,
+           "random:tiny": tiny_config}
+
+
+def load_backbone(spec: str = "tiny", seed: int = 0) -> Wav2Vec2Model:
+    """A Wav2Vec2Model for ``spec`` (see the module docstring); random presets use ``seed``."""
+    if spec == "tiny":
+        if (BUNDLED_BACKBONE / "config.json").is_file():
+            return Wav2Vec2Model.from_pretrained(BUNDLED_BACKBONE)
+        warnings.warn(f"{BUNDLED_BACKBONE} not found: using the tiny architecture with random "
+                      "weights, so its frozen layers hold no useful features yet.")
+        spec = "random:tiny"
+    if spec in PRESETS:
+        torch.manual_seed(seed)
+        return Wav2Vec2Model(PRESETS[spec]())
+    if spec.startswith("random:"):
+        raise ValueError(f"unknown preset {spec!r}; choose one of {sorted(PRESETS)}")
+    if Path(spec).exists() and not (Path(spec) / "config.json").is_file():
+        raise FileNotFoundError(f"{spec} has no config.json; save a backbone there with "
+                                "model.save_pretrained(folder) or pass a Hub id.")
+    return Wav2Vec2Model.from_pretrained(spec)  # a local folder, or a Hub id such as
+    #                                            facebook/wav2vec2-base (downloads and caches)
+
+
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters, or of those that will be trained."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,88 @@
+"""Honest measurement: synchronised timers with warm-up, peak memory, throughput and FLOPs.
+
+On a GPU, kernels run asynchronously, so a timer must ``synchronize`` before reading the clock,
+and the first steps (allocator growth, kernel selection) must be discarded as warm-up.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so the clock measures work done rather than work queued."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], object], num_steps: int, warmup: int = 2,
+               device: torch.device | str = "cpu") -> list[float]:
+    """Seconds taken by each of ``num_steps`` calls of ``step``, after ``warmup`` unmeasured ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(num_steps):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak on CUDA (the CPU peak is per process and cannot be reset)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device | str) -> dict[str, float]:
+    """Peak memory in MiB: CUDA allocator statistics, or this process's peak resident size.
+
+    The CPU figure covers the whole process so far, which is why benchmarks run each method in
+    a process of its own.
+    """
+    if torch.device(device).type == "cuda":
+        return {"peak_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+                "peak_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20}
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"peak_rss_mib": max_rss / (2**20 if sys.platform == "darwin" else 2**10)}
+
+
+def count_flops(step: Callable[[], object]) -> int:
+    """Floating-point operations of one call (e.g. a forward + backward training step)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human-readable name of the device, recorded with every measurement."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+@contextmanager
+def stopwatch(label: str = "elapsed") -> Iterator[dict]:
+    """Print the wall time of a block (for notebooks): ``with stopwatch("training"): ...``."""
+    record = {"seconds": float("nan")}
+    start = time.perf_counter()
+    try:
+        yield record
+    finally:
+        record["seconds"] = time.perf_counter() - start
+        print(f"{label}: {record['seconds']:.1f} s")

@@ -1,0 +1,97 @@
+"""Shared fixtures, and a guard that refuses every non-loopback connection during the tests.
+
+The guard is what proves that nothing in the suite reaches a model hub: any attempt fails
+loudly instead of silently downloading.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import Wav2Vec2Config
+
+from helpers.data import DIMENSIONS
+
+_real_connect = socket.socket.connect
+
+
+def _is_loopback(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths are local by definition
+        return True
+    host = address[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost would need DNS: refuse it
+        return False
+
+
+def _guarded_connect(self, address):
+    if not _is_loopback(address):
+        raise ConnectionRefusedError(f"tests may not reach the network (tried {address!r})")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    """Refuse every connection that leaves this machine, for the whole session."""
+    socket.socket.connect = _guarded_connect
+    yield
+    socket.socket.connect = _real_connect
+
+
+def small_config(variant: str = "base", layers: int = 2) -> Wav2Vec2Config:
+    """A random Wav2Vec2 of either encoder variant, small enough for unit tests."""
+    large = variant == "large"
+    return Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        feat_extract_norm="layer" if large else "group", do_stable_layer_norm=large,
+        conv_bias=large)
+
+
+def write_tone(path: Path, seconds: float = 0.5, rate: int = 16_000, channels: int = 1,
+               frequency: float = 220.0) -> Path:
+    """A short sine tone as an audio file (format from the suffix)."""
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * frequency * t)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.repeat(tone[:, None], channels, axis=1), rate)
+    return path
+
+
+class ToneDataset(torch.utils.data.Dataset):
+    """A learnable toy problem: each label is a smooth function of a tone's pitch."""
+
+    def __init__(self, size: int = 32, seconds: float = 0.4, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.frequencies = 100 + 700 * torch.rand(size, generator=generator)
+        self.t = torch.arange(int(seconds * 16_000)) / 16_000
+        position = (self.frequencies - 100) / 700
+        self.labels = torch.stack([position, 1 - position, position ** 2], dim=1)
+
+    def __len__(self) -> int:
+        return len(self.frequencies)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        wave = torch.sin(2 * torch.pi * self.frequencies[index] * self.t)
+        return {"input_values": wave, "labels": self.labels[index]}
+
+
+@pytest.fixture
+def manifest_rows(tmp_path) -> list[dict]:
+    """Six valid rows (two per split) with real files, for manifest and dataset tests."""
+    rows = []
+    for i, split in enumerate(["train", "train", "dev", "dev", "test", "test"]):
+        path = write_tone(tmp_path / "audio" / f"clip{i}.wav", seconds=0.5 + 0.1 * i)
+        rows.append({"path": str(path), **{d: 1.0 + i for d in DIMENSIONS}, "split": split,
+                     "speaker": f"spk{i // 2}", "duration": 0.5 + 0.1 * i,
+                     "label_min": 1.0, "label_max": 7.0})
+    return rows

@@ -1,0 +1,45 @@
+import pytest
+import torch
+from transformers import Wav2Vec2Model
+
+from helpers.backbone import count_parameters, load_backbone
+
+from conftest import small_config
+
+
+@pytest.mark.parametrize("spec, low, high", [("random:wav2vec2-base", 94e6, 95e6),
+                                             ("random:wav2vec2-large", 315e6, 317e6)])
+def test_random_presets_have_the_published_sizes(spec, low, high):
+    assert low <= count_parameters(load_backbone(spec)) <= high
+
+
+def test_large_preset_is_the_layer_norm_variant():
+    config = load_backbone("random:wav2vec2-large").config
+    assert config.feat_extract_norm == "layer" and config.do_stable_layer_norm
+
+
+@pytest.mark.parametrize("variant", ["base", "large"])
+def test_load_backbone_round_trips_a_saved_folder(tmp_path, variant):
+    torch.manual_seed(0)
+    original = Wav2Vec2Model(small_config(variant)).eval()
+    original.save_pretrained(tmp_path)
+    loaded = load_backbone(str(tmp_path)).eval()
+    audio = torch.randn(1, 8000)
+    with torch.no_grad():
+        expected = original(audio).last_hidden_state
+        assert torch.equal(loaded(audio).last_hidden_state, expected)
+
+
+def test_a_folder_without_config_gets_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_backbone(str(tmp_path))
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_backbone("random:wav2vec2-huge")
+
+
+def test_tiny_backbone_loads_offline():
+    backbone = load_backbone("tiny")
+    assert count_parameters(backbone) < 10e6
