@@ -28,6 +28,16 @@ def bench(args: argparse.Namespace) -> None:
     print(f"\nappended to {args.out}")
 
 
+def make_sample_command(args: argparse.Namespace) -> None:
+    """Regenerate the bundled corpus (audio, labels.csv, DATASHEET.md)."""
+    from .corpus import make_sample
+    from .datasheet import write_datasheet
+
+    manifest = make_sample(args.out, seed=args.seed, clips_per_speaker=args.clips_per_speaker)
+    write_datasheet(args.out, seed=args.seed)
+    print(f"{len(manifest)} clips written to {args.out}")
+
+
 def main_job(args: argparse.Namespace) -> None:
     """The main job on the bundled default; says plainly what does not exist yet."""
     if not (SAMPLE_DIR / "labels.csv").is_file():
@@ -55,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--device", default="cpu")
         sub.add_argument("--out", default=str(RESULTS_DIR / "bench.jsonl"))
         sub.set_defaults(function=function)
+    sample = commands.add_parser("make-sample", help="regenerate the bundled corpus "
+                                 "(needs espeak-ng)", description=make_sample_command.__doc__)
+    sample.add_argument("--out", default=str(SAMPLE_DIR))
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--clips-per-speaker", type=int, default=72)
+    sample.set_defaults(function=make_sample_command)
     return root
 
 

@@ -1,0 +1,70 @@
+"""Simple baselines: prosodic statistics, and ridge-regression probes scored with CCC.
+
+The same ``ridge_probe`` scores hand-made prosodic features here and a backbone's pooled
+hidden states in the layer-wise probe, so the two are directly comparable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torchaudio.functional as AF
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .data import DIMENSIONS, SAMPLE_RATE, read_audio, to_common
+from .metrics import ccc
+
+ALPHAS = tuple(10.0 ** k for k in range(-3, 5))
+PROSODIC_FEATURES = ("energy_mean", "energy_std", "energy_max", "pitch_mean", "pitch_std",
+                     "pitch_range", "voiced_fraction", "duration")
+
+
+def prosodic_features(waveform: torch.Tensor) -> dict[str, float]:
+    """Utterance-level statistics of frame energy (dB) and pitch (log Hz, loud frames only).
+
+    Computed on the audio as stored, so absolute loudness counts.
+    """
+    frames = waveform.unfold(0, 400, 160)  # 25 ms windows every 10 ms
+    energy = 10 * torch.log10(frames.pow(2).mean(1) + 1e-10)
+    loud = energy > energy.max() - 30
+    pitch = AF.detect_pitch_frequency(waveform, SAMPLE_RATE, freq_low=60, freq_high=500)
+    voiced = pitch[: len(loud)][loud[: len(pitch)]].log()
+    return {"energy_mean": energy[loud].mean().item(), "energy_std": energy[loud].std().item(),
+            "energy_max": energy.max().item(), "pitch_mean": voiced.mean().item(),
+            "pitch_std": voiced.std().item(),
+            "pitch_range": (voiced.quantile(0.9) - voiced.quantile(0.1)).item(),
+            "voiced_fraction": loud.float().mean().item(),
+            "duration": len(waveform) / SAMPLE_RATE}
+
+
+def prosodic_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """``prosodic_features`` of every clip in a manifest, one row each."""
+    return pd.DataFrame([prosodic_features(read_audio(p)) for p in manifest["path"]],
+                        index=manifest.index)
+
+
+def common_labels(manifest: pd.DataFrame) -> np.ndarray:
+    """(N, 3) labels mapped to the common range [0, 1]."""
+    return np.stack([to_common(manifest[d].to_numpy(float), manifest["label_min"].to_numpy(float),
+                               manifest["label_max"].to_numpy(float)) for d in DIMENSIONS], 1)
+
+
+def ridge_probe(features: np.ndarray, manifest: pd.DataFrame,
+                alphas: tuple[float, ...] = ALPHAS) -> dict[str, float]:
+    """Ridge regression fitted on the train split, its strength chosen per dimension by dev CCC,
+    scored by CCC on the test split. Returns test CCC per dimension and their mean.
+    """
+    labels, split = common_labels(manifest), manifest["split"].to_numpy()
+    parts = {s: (features[split == s], labels[split == s]) for s in ("train", "dev", "test")}
+    scores = {}
+    for column, dimension in enumerate(DIMENSIONS):
+        def fitted(alpha: float):
+            model = make_pipeline(StandardScaler(), Ridge(alpha=alpha))
+            return model.fit(parts["train"][0], parts["train"][1][:, column])
+        dev_ccc = lambda model: ccc(model.predict(parts["dev"][0]), parts["dev"][1][:, column])
+        best = max((fitted(alpha) for alpha in alphas), key=dev_ccc)
+        scores[dimension] = ccc(best.predict(parts["test"][0]), parts["test"][1][:, column])
+    return {**scores, "mean": float(np.mean(list(scores.values())))}
