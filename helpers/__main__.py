@@ -38,6 +38,19 @@ def make_sample_command(args: argparse.Namespace) -> None:
     print(f"{len(manifest)} clips written to {args.out}")
 
 
+def pretrain_command(args: argparse.Namespace) -> None:
+    """Synthesise the pretraining speech (once) and pretrain the bundled tiny backbone."""
+    from .pretrain import make_pretraining_speech, pretrain
+
+    speech = Path(args.speech_dir)
+    if not (speech / "transcripts.csv").is_file():
+        make_pretraining_speech(speech, num_clips=args.clips, seed=args.seed + 1234)
+    summary = pretrain(speech, args.out, num_steps=args.steps, batch_size=args.batch_size,
+                       prosody_weight=args.prosody_weight, seed=args.seed)
+    print(f"backbone saved to {args.out} after {summary['steps']} steps "
+          f"(final CTC loss {summary['curve'][-1][1]:.3f})")
+
+
 def main_job(args: argparse.Namespace) -> None:
     """The main job on the bundled default; says plainly what does not exist yet."""
     if not (SAMPLE_DIR / "labels.csv").is_file():
@@ -71,6 +84,16 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--clips-per-speaker", type=int, default=72)
     sample.set_defaults(function=make_sample_command)
+    backbone = commands.add_parser("pretrain-backbone", help="pretrain the bundled tiny "
+                                   "backbone (needs espeak-ng)", description=pretrain_command.__doc__)
+    backbone.add_argument("--out", default=str(SAMPLE_DIR / "backbone"))
+    backbone.add_argument("--speech-dir", default="build/pretraining_speech")
+    backbone.add_argument("--clips", type=int, default=3600)
+    backbone.add_argument("--steps", type=int, default=1200)
+    backbone.add_argument("--batch-size", type=int, default=16)
+    backbone.add_argument("--prosody-weight", type=float, default=1.0)
+    backbone.add_argument("--seed", type=int, default=0)
+    backbone.set_defaults(function=pretrain_command)
     return root
 
 

@@ -68,3 +68,29 @@ def ridge_probe(features: np.ndarray, manifest: pd.DataFrame,
         best = max((fitted(alpha) for alpha in alphas), key=dev_ccc)
         scores[dimension] = ccc(best.predict(parts["test"][0]), parts["test"][1][:, column])
     return {**scores, "mean": float(np.mean(list(scores.values())))}
+
+
+@torch.no_grad()
+def pooled_hidden_states(backbone, manifest: pd.DataFrame,
+                         max_seconds: float = 4.0) -> np.ndarray:
+    """Mean-pooled hidden states of every layer for every clip: (clips, layers + 1, width).
+
+    Index 0 is the input to the first transformer layer (after the CNN and positional conv).
+    """
+    from .data import SpeechDataset  # the same preprocessing as training (centre crop)
+
+    backbone.eval()
+    dataset = SpeechDataset(manifest, max_seconds=max_seconds)
+    pooled = []
+    for index in range(len(dataset)):
+        output = backbone(dataset[index]["input_values"][None], output_hidden_states=True)
+        pooled.append(torch.stack([h[0].mean(0) for h in output.hidden_states]))
+    return torch.stack(pooled).numpy()
+
+
+def layer_probe(backbone, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Test CCC of a ridge probe on each layer's pooled states: what each layer 'knows'."""
+    states = pooled_hidden_states(backbone, manifest)
+    rows = [{"layer": layer, **ridge_probe(states[:, layer], manifest)}
+            for layer in range(states.shape[1])]
+    return pd.DataFrame(rows).set_index("layer").round(3)

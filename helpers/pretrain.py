@@ -1,0 +1,234 @@
+"""The recipe behind the bundled tiny backbone: pretraining a small Wav2Vec2 without labels.
+
+No human annotation is needed: the synthesiser says which phonemes it spoke (CTC target), and
+pitch and energy can be measured from the audio (an auxiliary frame-level target that keeps
+prosody in the upper layers, which pure phoneme recognition would otherwise discard). The
+speech uses sentences and voices disjoint from the emotion corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import Wav2Vec2Model, get_linear_schedule_with_warmup
+
+from .backbone import tiny_config
+from .corpus import apply_effort, draw_prosody, speak, trim_silence
+from .data import LengthBucketSampler, SAMPLE_RATE, collate, normalize
+from .train import rng_state, seed_everything, set_rng_state
+
+# Voices (espeak voice+variant) not used by the emotion corpus's speakers.
+VOICES = ["en-us+m2", "en-us+f1", "en-us+m4", "en-us+f3", "en-gb+m1", "en-gb+f2", "en-gb+m6",
+          "en-gb+f4", "en-gb-scotland+f1", "en-gb-scotland+m3", "en-gb-x-rp+m2",
+          "en-gb-x-rp+f5", "en-029+f2", "en-029+m5", "en-gb-x-gbclan+m1", "en-us-nyc+f3",
+          "en-gb-x-gbcwmd+m2", "en-us+m5", "en-gb+m8", "en-us+f5"]
+# A vocabulary disjoint from the emotion corpus's sentences.
+NOUNS = ["train", "river", "window", "garden", "bottle", "ladder", "market", "bridge", "pencil",
+         "carpet", "engine", "valley", "basket", "kitchen", "mountain", "ticket", "candle",
+         "harbour", "blanket", "forest", "museum", "violin", "tunnel", "lemon", "jacket",
+         "village", "rocket", "castle", "island", "wagon", "lantern", "puzzle"]
+VERBS = ["carried", "painted", "followed", "opened", "measured", "counted", "moved", "washed",
+         "found", "fixed", "passed", "checked", "covered", "lifted", "pushed", "built"]
+PLACES = ["near the", "under the", "behind the", "beside the", "across the", "inside the"]
+NUMBERS = ["two", "three", "seven", "eleven", "twenty", "forty", "ninety", "a hundred"]
+
+
+def pretraining_sentences(rng, count: int) -> list[str]:
+    """Neutral sentences built from a vocabulary the emotion corpus never uses."""
+    pick = lambda words: words[rng.integers(len(words))]
+    sentences = []
+    for _ in range(count):
+        form = rng.integers(3)
+        if form == 0:
+            text = f"the {pick(NOUNS)} {pick(VERBS)} the {pick(NOUNS)} {pick(PLACES)} {pick(NOUNS)}"
+        elif form == 1:
+            text = f"{pick(NUMBERS)} {pick(NOUNS)}s were {pick(VERBS)} {pick(PLACES)} {pick(NOUNS)}"
+        else:
+            text = f"someone {pick(VERBS)} {pick(NUMBERS)} {pick(NOUNS)}s and the {pick(NOUNS)}"
+        sentences.append(text.capitalize() + ".")
+    return sentences
+
+
+def phonemes(text: str, voice: str) -> list[str]:
+    """espeak-ng's phoneme mnemonics for ``text`` in ``voice``'s accent, stress marks removed,
+    with "|" between words."""
+    out = subprocess.run(["espeak-ng", "-q", "-x", "--sep= ", "-v", voice.split("+")[0], text],
+                         check=True, capture_output=True, text=True).stdout
+    words = [[p.strip("',=") for p in word.split(" ") if p.strip("',=")]
+             for word in out.replace("\n", "  ").split("  ")]
+    return [p for word in words if word for p in (*word, "|")][:-1]
+
+
+def make_pretraining_speech(out_dir: str | Path, num_clips: int = 3600, seed: int = 1234,
+                            workers: int = 2) -> pd.DataFrame:
+    """Synthesise unlabelled speech with phoneme transcripts into ``out_dir`` (not the repo)."""
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    plan = pd.DataFrame({"text": pretraining_sentences(rng, num_clips),
+                         "voice": [VOICES[i] for i in rng.integers(len(VOICES), size=num_clips)]})
+    prosody = [draw_prosody(rng) for _ in range(num_clips)]
+    plan["rate_wpm"] = [int(175 * 2 ** (0.25 * z["rate"])) for z in prosody]
+    plan["pitch"] = [int(np.clip(50 + 12 * z["pitch"], 0, 99)) for z in prosody]
+    plan["pitch_range"] = [int(100 * 2 ** (0.6 * z["range"])) for z in prosody]
+    plan["z_effort"] = [z["effort"] for z in prosody]
+    plan["path"] = [f"clips/{i:05d}.ogg" for i in range(num_clips)]
+
+    def render(row) -> tuple[float, str]:
+        waveform = speak(row.text, row.voice, row.rate_wpm, row.pitch, row.pitch_range, 1)
+        waveform = apply_effort(trim_silence(waveform), row.z_effort)
+        (out_dir / row.path).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(out_dir / row.path, waveform.numpy(), SAMPLE_RATE, format="OGG",
+                 subtype="VORBIS")
+        return len(waveform) / SAMPLE_RATE, " ".join(phonemes(row.text, row.voice))
+
+    with ThreadPoolExecutor(workers) as pool:
+        done = list(tqdm(pool.map(render, plan.itertuples()), total=num_clips,
+                         desc="synthesising"))
+    plan["duration"], plan["phonemes"] = zip(*done)
+    plan.to_csv(out_dir / "transcripts.csv", index=False)
+    return plan
+
+
+# ------------------------------------------------------------------------------- the model
+def prosody_targets(waveform: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Per 20 ms frame: log pitch (standardised over a typical range) and energy in dB
+    relative to the utterance mean, both scaled to roughly unit variance."""
+    pitch = AF.detect_pitch_frequency(waveform, SAMPLE_RATE, freq_low=60, freq_high=500)
+    pitch = (pitch.log() - math.log(160)) / 0.4
+    frames = nn.functional.pad(waveform, (0, 400)).unfold(0, 400, 320)[:num_frames]
+    energy = 10 * torch.log10(frames.pow(2).mean(1) + 1e-8)
+    energy = (energy - energy.mean()) / 10
+    pitch = nn.functional.interpolate(pitch[None, None], size=num_frames, mode="nearest")[0, 0]
+    return torch.stack([pitch, energy], dim=1)
+
+
+class PretrainingModel(nn.Module):
+    """A Wav2Vec2 with two heads on its last layer: phoneme CTC and frame pitch/energy."""
+
+    def __init__(self, vocab_size: int, config=None):
+        super().__init__()
+        self.backbone = Wav2Vec2Model(config or tiny_config())
+        width = self.backbone.config.hidden_size
+        self.ctc_head = nn.Linear(width, vocab_size + 1)  # + the CTC blank (index 0)
+        self.prosody_head = nn.Linear(width, 2)
+
+    def forward(self, input_values: torch.Tensor, lengths: torch.Tensor):
+        hidden = self.backbone(input_values).last_hidden_state
+        frames = self.backbone._get_feat_extract_output_lengths(lengths)
+        return self.ctc_head(hidden), self.prosody_head(hidden), frames
+
+
+# ------------------------------------------------------------------------------- training
+class PretrainingSet(torch.utils.data.Dataset):
+    """Clips held in memory with their phoneme ids (blank = 0) and prosody targets."""
+
+    def __init__(self, folder: Path, table: pd.DataFrame, vocab: list[str], backbone):
+        index = {p: i + 1 for i, p in enumerate(vocab)}
+        self.waves = [torch.from_numpy(sf.read(folder / p, dtype="float32")[0])
+                      for p in tqdm(table["path"], desc="loading")]
+        self.phonemes = [torch.tensor([index[p] for p in s.split(" ")])
+                         for s in table["phonemes"]]
+        frames = backbone._get_feat_extract_output_lengths(
+            torch.tensor([len(w) for w in self.waves])).tolist()
+        self.prosody = [prosody_targets(w, n) for w, n in zip(self.waves, frames)]
+
+    def __len__(self) -> int:
+        return len(self.waves)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_values": normalize(self.waves[i]), "labels": torch.zeros(0),
+                "phonemes": self.phonemes[i], "prosody": self.prosody[i]}
+
+
+def pretraining_batch(items: list[dict]) -> dict:
+    batch = collate(items, attention_mask=False)
+    batch["phonemes"] = [it["phonemes"] for it in items]
+    batch["prosody"] = nn.utils.rnn.pad_sequence([it["prosody"] for it in items], True)
+    return batch
+
+
+def pretraining_loss(model: PretrainingModel, batch: dict, prosody_weight: float) -> tuple:
+    """CTC on phonemes + weighted mean squared error of pitch/energy over valid frames."""
+    logits, prosody, frames = model(batch["input_values"], batch["lengths"])
+    log_probs = logits.float().log_softmax(-1).transpose(0, 1)
+    phonemes = batch["phonemes"]
+    ctc = nn.functional.ctc_loss(log_probs, torch.cat(phonemes), frames,
+                                 torch.tensor([len(t) for t in phonemes]), zero_infinity=True)
+    target = batch["prosody"]
+    steps = min(target.shape[1], prosody.shape[1])
+    valid = (torch.arange(steps) < frames[:, None]).unsqueeze(-1)
+    error = (prosody[:, :steps].float() - target[:, :steps]).pow(2) * valid
+    aux = error.sum() / (valid.sum() * 2)
+    return ctc + prosody_weight * aux, ctc.detach(), aux.detach()
+
+
+def pretrain(speech_dir: str | Path, out_dir: str | Path, num_steps: int = 3000,
+             batch_size: int = 16, lr: float = 5e-4, prosody_weight: float = 1.0,
+             seed: int = 0, checkpoint_every: int = 250) -> dict:
+    """Train the backbone with CTC + prosody, checkpointing (and resuming) in ``out_dir``;
+    save the final backbone as safetensors + config.json and the loss curve as JSON."""
+    speech_dir, out_dir = Path(speech_dir), Path(out_dir)
+    table = pd.read_csv(speech_dir / "transcripts.csv")
+    vocab = sorted({p for s in table["phonemes"] for p in s.split(" ")})
+    seed_everything(seed)
+    model = PretrainingModel(len(vocab))
+    model.backbone.config.layerdrop = 0.05
+    dataset = PretrainingSet(speech_dir, table, vocab, model.backbone)
+    sampler = LengthBucketSampler(table["duration"].tolist(), batch_size, seed=seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
+                                         collate_fn=pretraining_batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    scheduler = get_linear_schedule_with_warmup(optimizer, num_steps // 10, num_steps)
+    checkpoint, curve, step = out_dir / "pretrain_checkpoint.pt", [], 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state)
+        curve, step = state["curve"], state["step"]
+    model.train()
+    progress = tqdm(total=num_steps, initial=step, desc="pretraining")
+    start = time.perf_counter()
+    while step < num_steps:
+        sampler.set_epoch(step // len(loader))
+        for batch in loader:
+            loss, ctc, aux = pretraining_loss(model, batch, prosody_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            curve.append([step, round(ctc.item(), 4), round(aux.item(), 4)])
+            progress.update(1)
+            progress.set_postfix(ctc=f"{ctc.item():.2f}", prosody=f"{aux.item():.2f}")
+            if step % checkpoint_every == 0 or step == num_steps:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "curve": curve,
+                            "step": step, **rng_state()}, checkpoint.with_suffix(".tmp"))
+                checkpoint.with_suffix(".tmp").replace(checkpoint)
+            if step >= num_steps:
+                break
+    progress.close()
+    model.backbone.config.layerdrop = 0.0
+    model.backbone.save_pretrained(out_dir, safe_serialization=True)
+    summary = {"steps": num_steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+               "prosody_weight": prosody_weight, "vocab": vocab, "curve": curve,
+               "seconds_this_run": round(time.perf_counter() - start, 1),
+               "hours_of_speech": round(table["duration"].sum() / 3600, 2)}
+    (out_dir / "pretraining.json").write_text(json.dumps(summary))
+    return summary
