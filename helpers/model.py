@@ -9,6 +9,11 @@ from transformers import Wav2Vec2Model
 from .data import DIMENSIONS
 
 
+def frame_mask(frame_lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(batch, frames) booleans: True where a frame holds audio."""
+    return torch.arange(num_frames, device=frame_lengths.device) < frame_lengths[:, None]
+
+
 def masked_mean(hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
     """Mean over the valid frames of each sequence: (batch, frames, dim) -> (batch, dim)."""
     weights = frame_mask.to(hidden.dtype).unsqueeze(-1)
@@ -29,16 +34,17 @@ class EmotionRegressor(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, head_dim), nn.Tanh(),
                                   nn.Dropout(dropout), nn.Linear(head_dim, len(DIMENSIONS)))
 
-    def frame_mask(self, lengths: torch.Tensor | None, num_frames: int,
-                   batch_size: int) -> torch.Tensor:
-        """Which CNN frames hold audio rather than padding."""
+    def frame_lengths(self, lengths: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor:
+        """How many CNN frames of each sequence hold audio rather than padding."""
         if lengths is None:
-            return torch.ones(batch_size, num_frames, dtype=torch.bool)
-        frames = self.backbone._get_feat_extract_output_lengths(lengths)
-        return torch.arange(num_frames, device=frames.device) < frames[:, None]
+            return torch.full(hidden.shape[:1], hidden.shape[1], device=hidden.device)
+        return self.backbone._get_feat_extract_output_lengths(lengths).to(hidden.device)
+
+    def pool_and_predict(self, hidden: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """Mean over the valid frames, then the head: (batch, frames, dim) -> (batch, 3)."""
+        return self.head(masked_mean(hidden, frame_mask(frame_lengths, hidden.shape[1])))
 
     def forward(self, input_values: torch.Tensor, lengths: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.backbone(input_values, attention_mask=attention_mask).last_hidden_state
-        mask = self.frame_mask(lengths, hidden.shape[1], hidden.shape[0]).to(hidden.device)
-        return self.head(masked_mean(hidden, mask))
+        return self.pool_and_predict(hidden, self.frame_lengths(lengths, hidden))

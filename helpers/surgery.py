@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+from transformers import Wav2Vec2Model
+from transformers.masking_utils import create_bidirectional_mask
 
-from .model import EmotionRegressor
+from .data import wants_attention_mask
+from .model import EmotionRegressor, frame_mask
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -36,3 +40,105 @@ def train_last_layers(model: EmotionRegressor, n: int) -> EmotionRegressor:
     model.backbone.config.layerdrop = 0.0
     model.head.requires_grad_(True)
     return model
+
+
+# ------------------------------------------------------------------ frozen prefix + suffix
+class FrozenPrefix(nn.Module):
+    """Everything below transformer layer k: CNN -> projection -> positional conv -> layers
+    0..k-1. Always in eval mode and without gradients: it is computed, never trained, which is
+    what makes its output cacheable.
+    """
+
+    def __init__(self, backbone: Wav2Vec2Model, k: int):
+        super().__init__()
+        self.backbone, self.k = backbone, k  # shared with the suffix: freezing is by layer
+
+    def state_items(self) -> list[tuple[str, torch.Tensor]]:
+        """The backbone weights this prefix uses (those that decide its output)."""
+        parts = ["feature_extractor.", "feature_projection.", "encoder.pos_conv_embed.",
+                 *[f"encoder.layers.{i}." for i in range(self.k)]]
+        if not self.backbone.config.do_stable_layer_norm:
+            parts.append("encoder.layer_norm.")
+        return [(name, tensor) for name, tensor in sorted(self.backbone.state_dict().items())
+                if name.startswith(tuple(parts))]
+
+    def train(self, mode: bool = True) -> "FrozenPrefix":
+        return super().train(False)  # dropout, LayerDrop and SpecAugment stay off
+
+    @torch.no_grad()
+    def forward(self, input_values: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states entering layer k, shape (batch, frames, width)."""
+        backbone, encoder = self.backbone, self.backbone.encoder
+        features = backbone.feature_extractor(input_values).transpose(1, 2)
+        frames = None
+        if attention_mask is not None:
+            frames = backbone._get_feature_vector_attention_mask(features.shape[1], attention_mask)
+        hidden, _ = backbone.feature_projection(features)
+        if frames is not None:
+            hidden = hidden.masked_fill(~frames.unsqueeze(-1), 0.0)
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        if not backbone.config.do_stable_layer_norm:
+            hidden = encoder.layer_norm(hidden)  # post-LN ("base") normalises before layer 0
+        mask = layer_mask(backbone.config, hidden, frames)
+        for layer in encoder.layers[: self.k]:
+            hidden = layer(hidden, attention_mask=mask)
+        return hidden
+
+
+class TrainableSuffix(nn.Module):
+    """Layers k..L-1 (+ the final layer norm of pre-LN models), pooling and the head. It takes
+    hidden states, so it trains the same on live prefix outputs and on a cache of them.
+    """
+
+    def __init__(self, model: EmotionRegressor, k: int):
+        super().__init__()
+        self.layers = model.backbone.encoder.layers[k:]
+        self.config = model.backbone.config
+        self.final_norm = model.backbone.encoder.layer_norm if self.config.do_stable_layer_norm \
+            else None
+        self.head = model.head
+        self.pool_and_predict = model.pool_and_predict
+
+    def forward(self, hidden: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        frames = frame_mask(frame_lengths, hidden.shape[1]) if wants_attention_mask(self.config) \
+            else None
+        mask = layer_mask(self.config, hidden, frames)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=mask)
+        if self.final_norm is not None:
+            hidden = self.final_norm(hidden)
+        return self.pool_and_predict(hidden, frame_lengths)
+
+
+def layer_mask(config, hidden: torch.Tensor, frames: torch.Tensor | None):
+    """The attention mask transformers' encoder layers expect (None: attend everywhere)."""
+    if frames is None:
+        return None
+    return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=frames)
+
+
+class SplitRegressor(nn.Module):
+    """An EmotionRegressor run as frozen prefix + trainable suffix; same inputs and outputs."""
+
+    def __init__(self, model: EmotionRegressor, k: int):
+        super().__init__()
+        self.model, self.k = model, k
+        self.prefix = FrozenPrefix(model.backbone, k)
+        self.suffix = TrainableSuffix(model, k)
+
+    def forward(self, input_values: torch.Tensor, lengths: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.prefix(input_values, attention_mask)
+        return self.suffix(hidden, self.model.frame_lengths(lengths, hidden))
+
+
+def split_at_layer(model: EmotionRegressor, k: int) -> SplitRegressor:
+    """Split ``model`` before transformer layer ``k``: layers below are frozen and run without
+    gradients in eval mode; layers k..L-1, the pooling and the head train.
+    """
+    num_layers = len(model.backbone.encoder.layers)
+    if not 0 <= k <= num_layers:
+        raise ValueError(f"k={k}: choose a layer between 0 and {num_layers}")
+    train_last_layers(model, num_layers - k)
+    return SplitRegressor(model, k)

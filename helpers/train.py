@@ -71,9 +71,9 @@ def autocast(device: torch.device, precision: str):
 
 
 def model_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """The batch entries the model takes, moved to ``device``."""
-    return {key: batch[key].to(device) for key in ("input_values", "lengths", "attention_mask")
-            if key in batch}
+    """Everything in the batch but the labels (audio and lengths, or cached states and frame
+    counts), moved to ``device``."""
+    return {key: value.to(device) for key, value in batch.items() if key != "labels"}
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

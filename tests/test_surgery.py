@@ -1,0 +1,99 @@
+"""Model surgery: the split reproduces the model, and exactly the intended parameters train."""
+
+import pytest
+import torch
+from transformers import Wav2Vec2Model
+
+from helpers.data import collate_for
+from helpers.metrics import ccc_loss
+from helpers.model import EmotionRegressor
+from helpers.surgery import freeze_feature_encoder, split_at_layer, train_last_layers
+
+from conftest import small_config
+
+LAYERS = 3
+VARIANTS = ["base", "large"]
+
+
+def regressor(variant: str, seed: int = 0) -> EmotionRegressor:
+    torch.manual_seed(seed)
+    return EmotionRegressor(Wav2Vec2Model(small_config(variant, layers=LAYERS)), head_dim=8)
+
+
+def padded_batch(variant: str) -> dict:
+    torch.manual_seed(1)
+    items = [{"input_values": torch.randn(n), "labels": torch.rand(3)} for n in (6400, 4000, 5000)]
+    return collate_for(small_config(variant))(items)
+
+
+def inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("k", [0, 1, LAYERS])
+def test_split_reproduces_the_unsplit_model(variant, k):
+    batch = padded_batch(variant)
+    model = regressor(variant).eval()
+    with torch.no_grad():
+        expected = model(**inputs(batch))
+    split = split_at_layer(model, k).eval()
+    with torch.no_grad():
+        actual = split(**inputs(batch))
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_padding_does_not_change_a_masked_models_prediction(variant):
+    """Large-style models get a mask, so padding must not leak into their output."""
+    model = regressor(variant).eval()
+    batch = padded_batch(variant)
+    short = {"input_values": batch["input_values"][1:2, :4000], "lengths": batch["lengths"][1:2]}
+    if "attention_mask" in batch:
+        short["attention_mask"] = batch["attention_mask"][1:2, :4000]
+    split = split_at_layer(model, 1).eval()
+    with torch.no_grad():
+        alone, padded = split(**short), split(**inputs(batch))[1:2]
+    if variant == "large":
+        torch.testing.assert_close(alone, padded, rtol=1e-4, atol=1e-5)
+
+
+def one_step_gradients(model, batch) -> dict[str, torch.Tensor | None]:
+    model.train()
+    ccc_loss(model(**inputs(batch)), batch["labels"]).backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n", [1, LAYERS])
+def test_partial_training_sends_gradients_exactly_where_intended(variant, n):
+    model = split_at_layer(regressor(variant), LAYERS - n)
+    grads = one_step_gradients(model, padded_batch(variant))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    for name, grad in grads.items():
+        if name in trainable:
+            assert grad is not None and grad.abs().sum() > 0, f"{name} received no gradient"
+        else:
+            assert grad is None, f"frozen {name} received a gradient"
+    top = f"encoder.layers.{LAYERS - 1}."
+    assert any(top in name for name in trainable) and any("head" in name for name in trainable)
+    assert not any(f"encoder.layers.{LAYERS - n - 1}." in name for name in trainable)
+    assert model.model.backbone.config.layerdrop == 0.0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_full_finetuning_trains_all_but_the_cnn(variant):
+    model = freeze_feature_encoder(regressor(variant))
+    grads = one_step_gradients(model, padded_batch(variant))
+    for name, grad in grads.items():
+        if "feature_extractor" in name:
+            assert grad is None, name
+        elif "masked_spec_embed" not in name:  # used only where SpecAugment masked frames
+            assert grad is not None, name
+
+
+def test_train_last_layers_refuses_impossible_counts():
+    with pytest.raises(ValueError, match="transformer layers"):
+        train_last_layers(regressor("base"), LAYERS + 1)
+    with pytest.raises(ValueError, match="between 0 and"):
+        split_at_layer(regressor("base"), -1)
