@@ -142,3 +142,34 @@ def split_at_layer(model: EmotionRegressor, k: int) -> SplitRegressor:
         raise ValueError(f"k={k}: choose a layer between 0 and {num_layers}")
     train_last_layers(model, num_layers - k)
     return SplitRegressor(model, k)
+
+
+# ------------------------------------------------------------------------------- LoRA
+ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+FEED_FORWARD = ("intermediate_dense", "output_dense")
+
+
+def lora_targets(num_layers: int, modules: tuple[str, ...] = ATTENTION,
+                 layers: int | None = None) -> str:
+    """A regex naming ``modules`` in the last ``layers`` transformer layers (default: all)."""
+    chosen = range(num_layers - (layers or num_layers), num_layers)
+    return (rf".*encoder\.layers\.({'|'.join(map(str, chosen))})\..*"
+            rf"\.({'|'.join(modules)})$")
+
+
+def apply_lora(model: EmotionRegressor, r: int = 16, alpha: int = 32, dropout: float = 0.05,
+               feed_forward: bool = False, layers: int | None = None):
+    """Wrap ``model`` with peft LoRA adapters; only the adapters and the head train.
+
+    Adapters go on the attention projections (and the feed-forward with ``feed_forward``),
+    optionally only in the last ``layers`` layers. No ``task_type`` is set: peft's task
+    wrappers would forward ``input_ids``, which a speech model does not take.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    modules = ATTENTION + (FEED_FORWARD if feed_forward else ())
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, modules_to_save=["head"],
+                        target_modules=lora_targets(len(model.backbone.encoder.layers), modules,
+                                                    layers))
+    model.backbone.config.layerdrop = 0.0
+    return get_peft_model(model, config)
