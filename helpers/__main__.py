@@ -1,38 +1,79 @@
-"""Command line: ``python -m helpers --help``."""
+"""Command line of the series: ``python -m helpers --help``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
-
-import pandas as pd
 
 from .data import SAMPLE_DIR, load_manifest, sample_manifest
 
 RESULTS_DIR = Path("results")
+TRAINING_GRID = ["full", "partial(1)", "partial(2)", "partial(3)", "partial(4)", "partial(5)",
+                 "lora(16)", "cached(3)", "weighted-sum", "full+bf16", "partial(3)+bf16",
+                 "cached(3)+bf16"]
+TIMING_GRID = ["full", "full+cnn", "partial(3)", "lora(16)", "cached(3)", "weighted-sum",
+               "full+bf16", "partial(3)+bf16", "lora(16)+bf16", "cached(3)+bf16"]
 
 
 def bench(args: argparse.Namespace) -> None:
-    """Train the full method briefly and print a one-row results table."""
-    from .experiments import METHODS, append_result, run
+    """Run the grid, each run in its own process; write JSON lines, a summary and a figure."""
+    import pandas as pd
 
-    manifest = load_manifest(args.manifest) if args.manifest else sample_manifest()
-    record = run(METHODS["full"], manifest, backbone=args.backbone, seed=args.seed,
-                 num_epochs=args.epochs, batch_size=args.batch_size, device=args.device)
-    append_result(record, args.out)
-    columns = ["method", "trainable_params", "seconds_per_epoch", *[c for c in record if
-               c.startswith("peak_")], "test_ccc_arousal", "test_ccc_valence",
-               "test_ccc_dominance", "test_ccc_mean"]
-    print(pd.DataFrame([record])[columns].round(3).to_string(index=False))
-    print(f"\nappended to {args.out}")
+    from .experiments import append_result, run_in_subprocess, summary_table
+    from .plots import tradeoff_figure
+
+    timing = args.timing_only
+    methods = args.methods.split(",") if args.methods else (TIMING_GRID if timing else
+                                                             TRAINING_GRID)
+    stem = f"timing-{args.backbone.replace(':', '-').replace('/', '-')}" if timing else "bench"
+    out = Path(args.out_dir) / f"{stem}.jsonl"
+    out.unlink(missing_ok=True)
+    records = []
+    for seed in range(1 if timing else args.seeds):
+        for method in methods:
+            print(f"--- {method} (seed {seed})", flush=True)
+            if timing:
+                record = run_in_subprocess("time", method=method, backbone=args.backbone,
+                                           device=args.device, seed=seed)
+            else:
+                record = run_in_subprocess("run", method=method, manifest=args.manifest,
+                                           backbone=args.backbone, seed=seed,
+                                           num_epochs=args.epochs, batch_size=args.batch_size,
+                                           device=args.device)
+            append_result(record, out)
+            records.append(record)
+    summary = summary_table(pd.DataFrame(records))
+    (Path(args.out_dir) / f"{stem}-summary.md").write_text(summary.to_markdown() + "\n")
+    print(summary.to_string())
+    if not timing:
+        tradeoff_figure(summary, path=Path(args.out_dir) / "tradeoffs.png")
+    print(f"\nresults in {out} and {stem}-summary.md")
+
+
+def one(args: argparse.Namespace) -> None:
+    """Run one method and print its record as the last line (used by bench, per process)."""
+    from .experiments import run, time_method
+
+    kwargs = json.loads(args.kwargs)
+    if args.task == "time":
+        record = time_method(**kwargs)
+    else:
+        manifest = kwargs.pop("manifest")
+        manifest = load_manifest(manifest) if manifest else sample_manifest()
+        record = run(manifest=manifest, progress=False, **kwargs)
+    print(json.dumps(record))
 
 
 def make_sample_command(args: argparse.Namespace) -> None:
     """Regenerate the bundled corpus (audio, labels.csv, DATASHEET.md)."""
+    import shutil
+
     from .corpus import make_sample
     from .datasheet import write_datasheet
 
+    shutil.rmtree(Path(args.out) / "audio", ignore_errors=True)
     manifest = make_sample(args.out, seed=args.seed, clips_per_speaker=args.clips_per_speaker)
     write_datasheet(args.out, seed=args.seed)
     print(f"{len(manifest)} clips written to {args.out}")
@@ -56,10 +97,11 @@ def main_job(args: argparse.Namespace) -> None:
     if not (SAMPLE_DIR / "labels.csv").is_file():
         sys.exit("The bundled corpus (data_sample/labels.csv) is not there yet: create it with "
                  "`python -m helpers make-sample`.")
-    notebooks = sorted(Path("notebooks").glob("*.ipynb"))
-    if not notebooks:
-        print("The notebook series is not written yet; running the benchmark of the full "
-              "finetuning method on the bundled corpus instead.\n")
+    if not sorted(Path("notebooks").glob("*.ipynb")):
+        print("The notebook series is not written yet; running a short benchmark of full "
+              "finetuning on the bundled corpus instead.\n")
+    args.timing_only, args.seeds = False, 1
+    args.methods = args.methods or "full"
     bench(args)
 
 
@@ -67,17 +109,25 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m helpers", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
     for name, function, text in [("run", main_job, "the main job on the bundled default"),
-                                  ("bench", bench, "train and measure, print a results table")]:
-        sub = commands.add_parser(name, help=text, description=text)
+                                 ("bench", bench, "train/measure the methods, write results/")]:
+        sub = commands.add_parser(name, help=text, description=function.__doc__)
         sub.add_argument("--manifest", help="a manifest CSV (default: the bundled corpus)")
         sub.add_argument("--backbone", default="tiny", help="tiny, a Hub id, a folder, "
                          "or random:wav2vec2-base / random:wav2vec2-large")
-        sub.add_argument("--epochs", type=int, default=2)
+        sub.add_argument("--methods", help="comma-separated, e.g. full,partial(3),cached(3)")
+        sub.add_argument("--timing-only", action="store_true",
+                         help="time a few training steps per method instead of training")
+        sub.add_argument("--seeds", type=int, default=3)
+        sub.add_argument("--epochs", type=int, default=4)
         sub.add_argument("--batch-size", type=int, default=8)
-        sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--device", default="cpu")
-        sub.add_argument("--out", default=str(RESULTS_DIR / "bench.jsonl"))
+        sub.add_argument("--out-dir", default=str(RESULTS_DIR))
         sub.set_defaults(function=function)
+    single = commands.add_parser("one", help="one run in this process (used by bench)",
+                                 description=one.__doc__)
+    single.add_argument("task", choices=["run", "time"])
+    single.add_argument("kwargs", help="keyword arguments as JSON")
+    single.set_defaults(function=one)
     sample = commands.add_parser("make-sample", help="regenerate the bundled corpus "
                                  "(needs espeak-ng)", description=make_sample_command.__doc__)
     sample.add_argument("--out", default=str(SAMPLE_DIR))
@@ -85,7 +135,8 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--clips-per-speaker", type=int, default=72)
     sample.set_defaults(function=make_sample_command)
     backbone = commands.add_parser("pretrain-backbone", help="pretrain the bundled tiny "
-                                   "backbone (needs espeak-ng)", description=pretrain_command.__doc__)
+                                   "backbone (needs espeak-ng)",
+                                   description=pretrain_command.__doc__)
     backbone.add_argument("--out", default=str(SAMPLE_DIR / "backbone"))
     backbone.add_argument("--speech-dir", default="build/pretraining_speech")
     backbone.add_argument("--clips", type=int, default=3600)

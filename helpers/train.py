@@ -107,27 +107,38 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str = "cpu",
             "ccc": ccc_report(predictions, targets)}
 
 
+def train_step(model: nn.Module, batch: dict, optimizer, scaler, precision: str,
+               device: torch.device, max_grad_norm: float = 1.0) -> float | None:
+    """One optimisation step; returns the loss, or None if the step was skipped because the
+    loss or gradients were not finite (an fp16 overflow, or divergence)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    with autocast(device, precision):
+        predictions = model(**model_inputs(batch, device))
+    loss = ccc_loss(predictions.float(), batch["labels"].to(device))  # the loss in fp32
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    finite = bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
+    if finite:
+        scaler.step(optimizer)
+    scaler.update()
+    return loss.item() if finite else None
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scaler,
                     config: TrainConfig, precision: str, progress: tqdm | None) -> dict:
     """One pass over ``loader``; returns the mean loss and how many steps were skipped."""
     device = torch.device(config.device)
-    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     losses, skipped = [], 0
     for batch in loader:
-        with autocast(device, precision):
-            predictions = model(**model_inputs(batch, device))
-        loss = ccc_loss(predictions.float(), batch["labels"].to(device))  # the loss in fp32
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        if torch.isfinite(loss) and torch.isfinite(grad_norm):
-            scaler.step(optimizer)
-            losses.append(loss.item())
-        else:  # an overflow (fp16) or a diverged step: skip it, and count it
+        loss = train_step(model, batch, optimizer, scaler, precision, device,
+                          config.max_grad_norm)
+        if loss is None:
             skipped += 1
-        scaler.update()
+        else:
+            losses.append(loss)
         scheduler.step()
         if progress is not None:
             progress.update(1)

@@ -1,0 +1,63 @@
+"""The runner: every method builds, trains and is measured the same way."""
+
+import pandas as pd
+import pytest
+import torch
+from transformers import Wav2Vec2Model
+
+from helpers.experiments import parse_method, run, summary_table, time_method
+
+from conftest import small_config
+
+ALL_METHODS = ["full", "full+cnn", "partial(1)", "lora(4)", "cached(1)", "weighted-sum",
+               "partial(1)+bf16"]
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("backbone")
+    torch.manual_seed(0)
+    Wav2Vec2Model(small_config("base", layers=2)).save_pretrained(folder)
+    return str(folder)
+
+
+def test_method_names_round_trip_and_nonsense_is_refused():
+    for name in ["full", "full+cnn", "partial(3)+bf16", "lora(16)", "cached(3)+fp16",
+                 "weighted-sum"]:
+        assert parse_method(name).name == name
+    for nonsense in ["partial", "full(2)", "cached(3)+fp8", "everything"]:
+        with pytest.raises(ValueError, match="unknown method"):
+            parse_method(nonsense)
+
+
+def test_every_method_trains_and_reports(tmp_path, manifest_rows, backbone_dir):
+    manifest = pd.DataFrame(manifest_rows)
+    records = {m: run(m, manifest, backbone=backbone_dir, num_epochs=2, batch_size=2,
+                      cache_dir=tmp_path, progress=False) for m in ALL_METHODS}
+    params = {m: r["trainable_params"] for m, r in records.items()}
+    assert params["full+cnn"] > params["full"] > params["partial(1)"] > params["weighted-sum"]
+    assert params["cached(1)"] == params["partial(1)"] and params["lora(4)"] < params["full"]
+    assert records["partial(1)+bf16"]["precision"] == "bf16"
+    assert records["cached(1)"]["cache_bytes"] > 0
+    for record in records.values():
+        assert -1 <= record["test_ccc_mean"] <= 1 and record["seconds_per_epoch"] > 0
+        assert record["total_params"] >= records["full"]["total_params"]  # LoRA adds adapters
+
+
+def test_timing_counts_fewer_flops_for_cheaper_methods(backbone_dir):
+    flops = {m: time_method(m, backbone=backbone_dir, num_steps=1, warmup=1,
+                            seconds=1.0)["flops_per_step"]
+             for m in ["full+cnn", "full", "partial(1)", "cached(1)"]}
+    assert flops["full+cnn"] > flops["full"] > flops["partial(1)"] > flops["cached(1)"] > 0
+
+
+def test_summary_reports_reductions_against_full():
+    results = pd.DataFrame([
+        {"method": "full", "seconds_per_step": 2.0, "flops_per_step": 100e9,
+         "peak_rss_mib": 900, "trainable_params": 90},
+        {"method": "cached(3)", "seconds_per_step": 0.3, "flops_per_step": 16e9,
+         "peak_rss_mib": 300, "trainable_params": 20}])
+    summary = summary_table(results)
+    assert summary.at["cached(3)", "time_reduction"] == pytest.approx(0.85)
+    assert summary.at["cached(3)", "flop_predicted_reduction"] == pytest.approx(0.84)
+    assert summary.at["cached(3)", "measured_vs_predicted"] == pytest.approx(0.85 / 0.84, abs=1e-3)
