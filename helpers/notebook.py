@@ -1,0 +1,85 @@
+"""Small conveniences shared by every notebook: the environment report, choosing the data,
+shrinking it for smoke tests, and "load the saved result if it exists, else compute it".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import PROJECT_ROOT, iemocap, load_manifest, msp_podcast, sample_manifest
+
+REFERENCE_DIR = PROJECT_ROOT / "results" / "reference"
+
+
+def results_dir() -> Path:
+    """Where notebooks save what they measure (``RESULTS_DIR`` overrides ``results/``)."""
+    folder = Path(os.environ.get("RESULTS_DIR", PROJECT_ROOT / "results"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def setup(seed: int = 0, device: str | None = None) -> str:
+    """Seed everything, print versions and the device; returns the device to use."""
+    import transformers
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    hardware = (torch.cuda.get_device_name(device) if device.startswith("cuda")
+                else f"{platform.processor() or platform.machine()}, "
+                     f"{torch.get_num_threads()} threads")
+    print(f"python {platform.python_version()} | torch {torch.__version__} | "
+          f"transformers {transformers.__version__}\ndevice: {device} ({hardware}) | seed {seed}")
+    return device
+
+
+def load_data(spec: str = "bundled") -> pd.DataFrame:
+    """A manifest from one string: ``bundled``, ``msp:/path``, ``iemocap:/path`` or a CSV."""
+    if spec == "bundled":
+        return sample_manifest()
+    kind, _, path = spec.partition(":")
+    if kind == "msp":
+        return msp_podcast(path)
+    if kind == "iemocap":
+        return iemocap(path)
+    return load_manifest(spec)
+
+
+def smoke_subset(manifest: pd.DataFrame, per_split: int, seed: int = 0) -> pd.DataFrame:
+    """At most ``per_split`` clips of each split (for quick test runs of the notebooks)."""
+    return (manifest.groupby("split", group_keys=False)
+            .apply(lambda rows: rows.sample(min(per_split, len(rows)), random_state=seed))
+            .reset_index(drop=True))
+
+
+def saved_or_computed(name: str, compute: Callable[[], object]):
+    """Load ``results/<name>.json`` if a previous run saved it; else compute, save, return.
+
+    Delete the file to measure again.
+    """
+    path = results_dir() / f"{name}.json"
+    if path.is_file():
+        print(f"loaded {path} (delete it to recompute)")
+        return json.loads(path.read_text())
+    value = compute()
+    path.write_text(json.dumps(value, default=float))
+    return value
+
+
+def reference_results(stem: str) -> pd.DataFrame:
+    """A results table from ``make bench``: this machine's run if there is one, else the
+    reference copy shipped in ``results/reference/``."""
+    local = results_dir() / f"{stem}.jsonl"
+    path = local if local.is_file() else REFERENCE_DIR / f"{stem}.jsonl"
+    print(f"results from {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
+    return pd.read_json(path, lines=True)
