@@ -31,8 +31,9 @@ lab: $(VENV)/.runtime  ## open JupyterLab on the notebooks
 test: $(VENV)/.dev  ## the test suite (unit tests + notebooks in SMOKE mode)
 	$(PY) -m pytest
 
-bench: $(VENV)/.runtime  ## measure the methods, write results/
-	$(PY) -m helpers bench
+bench: $(VENV)/.runtime  ## measure the methods (bundled default + wav2vec2-base timing), write results/
+	$(PY) -m helpers bench --jobs 2
+	$(PY) -m helpers bench --timing-only --backbone random:wav2vec2-base
 
 sample: $(VENV)/.runtime  ## regenerate the bundled corpus in data_sample/ (needs espeak-ng)
 	$(PY) -m helpers make-sample

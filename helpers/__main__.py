@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .data import SAMPLE_DIR, load_manifest, sample_manifest
@@ -30,18 +32,24 @@ def bench(args: argparse.Namespace) -> None:
     stem = f"timing-{args.backbone.replace(':', '-').replace('/', '-')}" if timing else "bench"
     out = Path(args.out_dir) / f"{stem}.jsonl"
     out.unlink(missing_ok=True)
+    jobs = [(method, seed) for seed in range(1 if timing else args.seeds) for method in methods]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+
+    def one_job(job: tuple[str, int]) -> dict:
+        method, seed = job
+        print(f"--- {method} (seed {seed})", flush=True)
+        if timing:
+            return run_in_subprocess("time", threads, method=method, backbone=args.backbone,
+                                     device=args.device, seed=seed)
+        return run_in_subprocess("run", threads, method=method, manifest=args.manifest,
+                                 backbone=args.backbone, seed=seed, num_epochs=args.epochs,
+                                 batch_size=args.batch_size, device=args.device,
+                                 cache_dir=args.cache_dir)
+
     records = []
-    for seed in range(1 if timing else args.seeds):
-        for method in methods:
-            print(f"--- {method} (seed {seed})", flush=True)
-            if timing:
-                record = run_in_subprocess("time", method=method, backbone=args.backbone,
-                                           device=args.device, seed=seed)
-            else:
-                record = run_in_subprocess("run", method=method, manifest=args.manifest,
-                                           backbone=args.backbone, seed=seed,
-                                           num_epochs=args.epochs, batch_size=args.batch_size,
-                                           device=args.device)
+    with ThreadPoolExecutor(args.jobs) as pool:  # each job is its own process
+        for record in pool.map(one_job, jobs):
+            record["parallel_jobs"] = args.jobs
             append_result(record, out)
             records.append(record)
     summary = summary_table(pd.DataFrame(records))
@@ -93,36 +101,50 @@ def pretrain_command(args: argparse.Namespace) -> None:
 
 
 def main_job(args: argparse.Namespace) -> None:
-    """The main job on the bundled default; says plainly what does not exist yet."""
-    if not (SAMPLE_DIR / "labels.csv").is_file():
-        sys.exit("The bundled corpus (data_sample/labels.csv) is not there yet: create it with "
-                 "`python -m helpers make-sample`.")
-    if not sorted(Path("notebooks").glob("*.ipynb")):
-        print("The notebook series is not written yet; running a short benchmark of full "
-              "finetuning on the bundled corpus instead.\n")
-    args.timing_only, args.seeds = False, 1
-    args.methods = args.methods or "full"
-    bench(args)
+    """Execute the whole series headless, in order, into results/notebooks/ (the committed
+    notebooks stay untouched); then write the trade-off figure and table."""
+    from .experiments import summary_table
+    from .notebook import execute, reference_results, series
+    from .plots import tradeoff_figure
+    from .timing import stopwatch
+
+    out = RESULTS_DIR / "notebooks"
+    env = {"MPLBACKEND": "Agg", **({"SMOKE": "1"} if args.smoke else {})}
+    with stopwatch("the whole series"):
+        for notebook in series():
+            with stopwatch(f"  {notebook.stem}"):
+                execute(notebook, out / notebook.name, env=env)
+    summary = summary_table(reference_results("bench"))
+    figure, table = RESULTS_DIR / "tradeoffs.png", RESULTS_DIR / "tradeoffs.md"
+    tradeoff_figure(summary, path=figure)
+    table.write_text(summary.to_markdown() + "\n")
+    print(f"\nexecuted notebooks: {out}/\ntrade-off figure: {figure}\ntrade-off table: {table}")
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m helpers", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
-    for name, function, text in [("run", main_job, "the main job on the bundled default"),
-                                 ("bench", bench, "train/measure the methods, write results/")]:
-        sub = commands.add_parser(name, help=text, description=function.__doc__)
-        sub.add_argument("--manifest", help="a manifest CSV (default: the bundled corpus)")
-        sub.add_argument("--backbone", default="tiny", help="tiny, a Hub id, a folder, "
-                         "or random:wav2vec2-base / random:wav2vec2-large")
-        sub.add_argument("--methods", help="comma-separated, e.g. full,partial(3),cached(3)")
-        sub.add_argument("--timing-only", action="store_true",
-                         help="time a few training steps per method instead of training")
-        sub.add_argument("--seeds", type=int, default=3)
-        sub.add_argument("--epochs", type=int, default=4)
-        sub.add_argument("--batch-size", type=int, default=8)
-        sub.add_argument("--device", default="cpu")
-        sub.add_argument("--out-dir", default=str(RESULTS_DIR))
-        sub.set_defaults(function=function)
+    run = commands.add_parser("run", help="execute the notebook series (the main job)",
+                              description=main_job.__doc__)
+    run.add_argument("--smoke", action="store_true", help="small settings (as the tests)")
+    run.set_defaults(function=main_job)
+    sub = commands.add_parser("bench", help="train/measure the methods, write results/",
+                              description=bench.__doc__)
+    sub.add_argument("--manifest", help="a manifest CSV (default: the bundled corpus)")
+    sub.add_argument("--backbone", default="tiny", help="tiny, a Hub id, a folder, "
+                     "or random:wav2vec2-base / random:wav2vec2-large")
+    sub.add_argument("--methods", help="comma-separated, e.g. full,partial(3),cached(3)")
+    sub.add_argument("--timing-only", action="store_true",
+                     help="time a few training steps per method instead of training")
+    sub.add_argument("--seeds", type=int, default=3)
+    sub.add_argument("--epochs", type=int, default=4)
+    sub.add_argument("--batch-size", type=int, default=8)
+    sub.add_argument("--device", default="cpu")
+    sub.add_argument("--jobs", type=int, default=1, help="runs at once, sharing the CPU "
+                     "cores (timings are then per share; use 1 for timing)")
+    sub.add_argument("--cache-dir", default=str(RESULTS_DIR / "cache"))
+    sub.add_argument("--out-dir", default=str(RESULTS_DIR))
+    sub.set_defaults(function=bench)
     single = commands.add_parser("one", help="one run in this process (used by bench)",
                                  description=one.__doc__)
     single.add_argument("task", choices=["run", "time"])

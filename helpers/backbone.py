@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
@@ -73,3 +74,27 @@ def load_backbone(spec: str = "tiny", seed: int = 0) -> Wav2Vec2Model:
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters, or of those that will be trained."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def blocks(backbone: Wav2Vec2Model) -> dict[str, torch.nn.Module]:
+    """The backbone's stages in the order audio flows through them."""
+    named = {"CNN feature encoder": backbone.feature_extractor,
+             "feature projection": backbone.feature_projection,
+             "positional conv": backbone.encoder.pos_conv_embed}
+    named.update({f"layer {i}": layer for i, layer in enumerate(backbone.encoder.layers)})
+    return named
+
+
+def anatomy(backbone: Wav2Vec2Model, seconds: float = 3.0) -> pd.DataFrame:
+    """Parameters and forward GFLOPs of each stage for one clip of ``seconds``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    names = {module: name for name, module in backbone.named_modules()}
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        backbone.eval()(torch.randn(1, int(seconds * 16_000)))
+    counts = {key.removeprefix(type(backbone).__name__ + "."): sum(ops.values())
+              for key, ops in counter.get_flop_counts().items()}
+    rows = [{"block": block, "parameters": sum(p.numel() for p in module.parameters()),
+             "gflops": counts.get(names[module], 0) / 1e9}
+            for block, module in blocks(backbone).items()]
+    return pd.DataFrame(rows).set_index("block")

@@ -77,7 +77,7 @@ def build_cache(prefix: FrozenPrefix, dataset: SpeechDataset, path: str | Path,
     counts, width = frame_counts(prefix, dataset), prefix.backbone.config.hidden_size
     print(f"caching {len(dataset)} clips from layer {prefix.k}: "
           f"{cache_size_bytes(prefix, dataset) / 2**20:.1f} MiB on disk")
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")  # one per builder
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     states = np.lib.format.open_memmap(partial / STATES, mode="w+", dtype=np.float16,
@@ -97,7 +97,10 @@ def build_cache(prefix: FrozenPrefix, dataset: SpeechDataset, path: str | Path,
                   "paths": dataset.rows["path"].tolist()}
     (partial / INDEX).write_text(json.dumps(index_data))
     shutil.rmtree(path, ignore_errors=True)
-    os.replace(partial, path)  # the cache appears complete, or not at all
+    try:
+        os.replace(partial, path)  # the cache appears complete, or not at all
+    except OSError:  # another process finished the same cache first: keep theirs
+        shutil.rmtree(partial, ignore_errors=True)
     return path
 
 

@@ -10,6 +10,7 @@ and any of them with ``+bf16``, ``+fp16`` or ``+auto`` for mixed precision.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -202,11 +203,13 @@ def time_method(method: Method | str, backbone: str = "random:wav2vec2-base",
             "first_losses": losses[: warmup + num_steps], **extra, **peak_memory(device)}
 
 
-def run_in_subprocess(task: str, **kwargs) -> dict:
+def run_in_subprocess(task: str, threads: int | None = None, **kwargs) -> dict:
     """Run ``run`` or ``time_method`` in a fresh Python process, so that each method's peak
-    memory is its own (a CPU process's peak resident size can only grow)."""
+    memory is its own (a CPU process's peak resident size can only grow). ``threads`` caps
+    the process's CPU threads (for running several at once)."""
     command = [sys.executable, "-m", "helpers", "one", task, json.dumps(kwargs)]
-    finished = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    finished = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
     if finished.returncode != 0:
         raise RuntimeError(f"{task} {kwargs} failed (exit {finished.returncode}); see above")
     return json.loads(finished.stdout.strip().splitlines()[-1])

@@ -57,9 +57,9 @@ def load_data(spec: str = "bundled") -> pd.DataFrame:
 
 def smoke_subset(manifest: pd.DataFrame, per_split: int, seed: int = 0) -> pd.DataFrame:
     """At most ``per_split`` clips of each split (for quick test runs of the notebooks)."""
-    return (manifest.groupby("split", group_keys=False)
-            .apply(lambda rows: rows.sample(min(per_split, len(rows)), random_state=seed))
-            .reset_index(drop=True))
+    parts = [rows.sample(min(per_split, len(rows)), random_state=seed)
+             for _, rows in manifest.groupby("split")]
+    return pd.concat(parts).reset_index(drop=True)
 
 
 def saved_or_computed(name: str, compute: Callable[[], object]):
@@ -83,3 +83,36 @@ def reference_results(stem: str) -> pd.DataFrame:
     path = local if local.is_file() else REFERENCE_DIR / f"{stem}.jsonl"
     print(f"results from {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
     return pd.read_json(path, lines=True)
+
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+
+
+def series() -> list[Path]:
+    """The notebooks in reading order (numbered ones first, then the appendix)."""
+    return sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb")) + sorted(NOTEBOOK_DIR.glob("appendix*.ipynb"))
+
+
+def execute(source: Path, target: Path | None = None, timeout: int = 1200,
+            env: dict[str, str] | None = None):
+    """Run a notebook top to bottom in a fresh kernel (a failing cell raises) and write the
+    executed copy to ``target``. ``env`` is added to the kernel's environment."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(source, as_version=4)
+    previous = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    try:
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(source.parent)}}).execute()
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, target)
+    return notebook

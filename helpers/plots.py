@@ -31,3 +31,128 @@ def tradeoff_figure(summary: pd.DataFrame, time_column: str = "seconds_per_epoch
     if path is not None:
         figure.savefig(path, dpi=120)
     return figure
+
+
+DIMENSION_COLOURS = {"arousal": "tab:red", "valence": "tab:blue", "dominance": "tab:green",
+                     "mean": "black"}
+
+
+def layer_profile(probes: dict[str, pd.DataFrame], title: str = "what each layer knows"):
+    """Probe CCC per layer and dimension; one line style per backbone (e.g. pretrained/random)."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for style, (label, table) in zip(["-", "--", ":"], probes.items()):
+        for dimension, colour in DIMENSION_COLOURS.items():
+            if dimension in table:
+                axes.plot(table.index, table[dimension], style, color=colour, marker="o",
+                          markersize=3, label=f"{dimension} ({label})")
+    axes.set_xlabel("layer (0 = input to the first transformer layer)")
+    axes.set_ylabel("test CCC of a ridge probe")
+    axes.set_title(title)
+    axes.legend(fontsize=7, ncol=2)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def learning_curves(records: dict[str, dict]):
+    """Training loss and dev CCC per epoch for one or more runs (records from ``run``)."""
+    figure, (loss_axes, ccc_axes) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, record in records.items():
+        epochs = range(1, len(record["train_loss"]) + 1)
+        loss_axes.plot(epochs, record["train_loss"], marker="o", label=name)
+        ccc_axes.plot(epochs, record["dev_ccc"], marker="o", label=name)
+    loss_axes.set(xlabel="epoch", ylabel="training loss (1 - CCC)")
+    ccc_axes.set(xlabel="epoch", ylabel="dev CCC (mean of A, V, D)")
+    for axes in (loss_axes, ccc_axes):
+        axes.grid(alpha=0.3)
+    ccc_axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def sweep_figure(summary: pd.DataFrame, layers: pd.Series, highlight: int | None = None,
+                 time_column: str = "seconds_per_epoch"):
+    """Accuracy, time and memory against the number of layers trained (full at the right)."""
+    memory = next(c for c in ("peak_allocated_mib", "peak_rss_mib") if c in summary)
+    columns = [("ccc_mean", "mean test CCC"), (time_column, time_column.replace("_", " ")),
+               (memory, memory.replace("_", " ")), ("trainable_params", "trainable parameters")]
+    figure, axes = plt.subplots(1, len(columns), figsize=(13, 3))
+    for ax, (column, label) in zip(axes, columns):
+        ax.plot(layers, summary[column], marker="o")
+        if column == "ccc_mean" and "ccc_sd" in summary:
+            ax.fill_between(layers, summary["ccc_mean"] - summary["ccc_sd"].fillna(0),
+                            summary["ccc_mean"] + summary["ccc_sd"].fillna(0), alpha=0.2)
+        if highlight is not None:
+            ax.axvline(highlight, color="tab:red", alpha=0.6)
+        ax.set(xlabel="layers trained", title=label)
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def cumulative_time(epoch_seconds: dict[str, float], build_seconds: dict[str, float],
+                    num_epochs: int = 20):
+    """Total training time after each epoch, one-off costs (the cache build) included."""
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    epochs = range(0, num_epochs + 1)
+    for name, seconds in epoch_seconds.items():
+        start = build_seconds.get(name, 0.0)
+        axes.plot(epochs, [start + e * seconds for e in epochs], label=name)
+    axes.set(xlabel="epochs", ylabel="cumulative seconds", title="when does caching pay off?")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def partial_explorer(summary: pd.DataFrame, layers: pd.Series, start: int = 3):
+    """A slider over the number of layers trained that redraws the sweep from saved results
+    (nothing is retrained, so it responds at once)."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    slider = widgets.IntSlider(value=start, min=int(layers.min()), max=int(layers.max()),
+                               description="layers trained", continuous_update=False,
+                               style={"description_width": "initial"})
+    output = widgets.Output()
+
+    def redraw(_=None):
+        with output:
+            output.clear_output(wait=True)
+            sweep_figure(summary, layers, highlight=slider.value)
+            plt.show()
+            display(summary[layers == slider.value])
+
+    slider.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([slider, output])
+
+
+def results_explorer(summary: pd.DataFrame, time_column: str = "seconds_per_epoch"):
+    """Filter the trade-off table and figure by method family and precision."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    families = sorted({name.split("(")[0].split("+")[0] for name in summary.index})
+    precision = lambda name: "bf16" if "+bf16" in name else "fp16" if "+fp16" in name else "fp32"
+    chosen = widgets.SelectMultiple(options=families, value=tuple(families),
+                                    description="methods")
+    precisions = widgets.Dropdown(options=["any", "fp32", "bf16"], value="any",
+                                  description="precision")
+    output = widgets.Output()
+
+    def redraw(_=None):
+        keep = [name for name in summary.index
+                if name.split("(")[0].split("+")[0] in chosen.value
+                and precisions.value in ("any", precision(name))]
+        with output:
+            output.clear_output(wait=True)
+            if keep:
+                tradeoff_figure(summary.loc[keep], time_column)
+                plt.show()
+                display(summary.loc[keep])
+
+    for control in (chosen, precisions):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([chosen, precisions]), output])

@@ -224,11 +224,107 @@ def pretrain(speech_dir: str | Path, out_dir: str | Path, num_steps: int = 3000,
             if step >= num_steps:
                 break
     progress.close()
-    model.backbone.config.layerdrop = 0.0
-    model.backbone.save_pretrained(out_dir, safe_serialization=True)
+    save_model(model, out_dir)
     summary = {"steps": num_steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                "prosody_weight": prosody_weight, "vocab": vocab, "curve": curve,
                "seconds_this_run": round(time.perf_counter() - start, 1),
                "hours_of_speech": round(table["duration"].sum() / 3600, 2)}
     (out_dir / "pretraining.json").write_text(json.dumps(summary))
     return summary
+
+
+HEADS_FILE = "pretraining_heads.safetensors"
+
+
+def save_model(model: PretrainingModel, out_dir: Path) -> None:
+    """The backbone as a plain Wav2Vec2Model folder, the two heads beside it (for the
+    appendix's CTC decoding; ``load_backbone`` ignores them)."""
+    from safetensors.torch import save_file
+
+    model.backbone.config.layerdrop = 0.0
+    model.backbone.save_pretrained(out_dir, safe_serialization=True)
+    heads = {f"{name}.{key}": value.contiguous() for name in ("ctc_head", "prosody_head")
+             for key, value in getattr(model, name).state_dict().items()}
+    save_file(heads, Path(out_dir) / HEADS_FILE)
+
+
+def load_pretraining_heads(folder: str | Path) -> PretrainingModel:
+    """The bundled backbone with its CTC and prosody heads, ready for decoding."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    vocab = json.loads((folder / "pretraining.json").read_text())["vocab"]
+    model = PretrainingModel(len(vocab))
+    model.backbone = Wav2Vec2Model.from_pretrained(folder)
+    model.load_state_dict(load_file(folder / HEADS_FILE), strict=False)
+    model.vocab = vocab
+    return model.eval()
+
+
+@torch.no_grad()
+def greedy_phonemes(model: PretrainingModel, path: str | Path) -> list[str]:
+    """Greedy CTC decoding: the most likely symbol per frame, repeats merged, blanks dropped."""
+    from .data import read_audio
+
+    waveform = normalize(read_audio(path))
+    logits, _, _ = model(waveform[None], torch.tensor([len(waveform)]))
+    best = logits[0].argmax(-1).tolist()
+    merged = [s for i, s in enumerate(best) if s != 0 and (i == 0 or s != best[i - 1])]
+    return [model.vocab[s - 1] for s in merged]
+
+
+def write_model_card(folder: str | Path, probes: dict[str, pd.DataFrame]) -> None:
+    """The backbone's README: recipe, training figures, and the layer-wise probe table."""
+    folder = Path(folder)
+    summary = json.loads((folder / "pretraining.json").read_text())
+    curve = np.array(summary["curve"])
+    pretrained, random_weights = probes["pretrained"], probes["random"]
+    best = pretrained.drop(columns="mean").max()
+    gain_mean = pretrained["mean"].max() - random_weights["mean"].max()
+    gain_valence = pretrained["valence"].max() - random_weights["valence"].max()
+    table = pd.concat({"bundled": pretrained, "random weights": random_weights}, axis=1)
+    (folder / "probe.json").write_text(json.dumps({k: v.to_dict(orient="list")
+                                                    for k, v in probes.items()}))
+    (folder / "README.md").write_text(f"""# The bundled tiny Wav2Vec2 backbone
+
+A small Wav2Vec2 (transformers `Wav2Vec2Model`, ~2.9 M parameters: a 7-layer
+CNN feature encoder of width 64 with the standard strides, 6 post-LN transformer layers of
+width 192, 4 heads) pretrained by this project on synthetic speech. Load it with
+`load_backbone("tiny")` or plain `Wav2Vec2Model.from_pretrained("data_sample/backbone")`.
+
+**Why base-like (group-norm CNN, post-LN layers):** it mirrors `facebook/wav2vec2-base`, the
+model the study finetunes, so the series' methods (and their quirks: no attention mask for
+group-norm models, a final layer norm only in pre-LN models) are exercised on the bundled
+default exactly as on the real model. Tests cover the layer-norm variant separately.
+
+## Recipe
+`python -m helpers pretrain-backbone --seed {summary['seed']}`: {summary['hours_of_speech']} h of
+espeak-ng speech (neutral sentences, vocabulary and voices disjoint from the emotion corpus),
+{summary['steps']} steps of batch {summary['batch_size']}, AdamW at {summary['lr']} with
+warm-up and linear decay, LayerDrop 0.05, on a 2-core CPU (about 25 minutes). Objective:
+- **phoneme CTC** on espeak-ng's own transcriptions of what it spoke (no human labels), and
+- **frame-level pitch and energy regression** (weight {summary['prosody_weight']}), measured from
+  the audio. Pure CTC makes the top layers specialise in phonemes and discard prosody (the
+  study's backbones, trained self-supervised, keep more of it); the auxiliary target keeps
+  arousal and dominance readable near the top, closer to a self-supervised model.
+
+Final losses (mean of the last 50 steps): CTC {curve[-50:, 1].mean():.3f}, pitch/energy
+{curve[-50:, 2].mean():.3f}. The CTC and prosody heads are in `{HEADS_FILE}` (used by the
+appendix notebook for greedy phoneme decoding; `load_backbone` ignores them).
+
+## What it knows: layer-wise probe on the bundled emotion corpus
+Frozen backbone in eval mode, mean-pooled hidden states of every layer, ridge regression fit
+on the train speakers (strength chosen on dev), CCC on the test speakers. Layer 0 is the input
+to the first transformer layer. Best layer, bundled vs the same architecture with random
+weights: **mean CCC {pretrained['mean'].max():.3f} vs {random_weights['mean'].max():.3f}
+({gain_mean:+.3f})**, **valence {pretrained['valence'].max():.3f} vs
+{random_weights['valence'].max():.3f} ({gain_valence:+.3f})**. Best single-layer CCC per
+dimension: {', '.join(f'{d} {v:.3f} (layer {int(pretrained[d].idxmax())})' for d, v in best.items())}.
+
+{table.round(3).to_markdown()}
+
+## What it does not know
+It has heard only espeak-ng's synthetic voices reading short English sentences: no human
+speech, no noise, no other languages, no real emotion. It exists to make the series'
+comparisons meaningful offline; use `facebook/wav2vec2-base` for real work.
+""")

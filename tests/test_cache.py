@@ -113,7 +113,7 @@ def test_an_interrupted_build_leaves_nothing_that_is_served(tmp_path, manifest_r
     with pytest.raises(KeyboardInterrupt):
         get_cache(model.prefix, dataset, root)
     monkeypatch.setattr(SpeechDataset, "__getitem__", real_getitem)
-    complete = [p for p in root.iterdir() if not p.name.endswith(".partial")]
+    complete = [p for p in root.iterdir() if ".partial" not in p.name]
     assert complete == []
     with pytest.raises(FileNotFoundError, match="not a complete cache"):
         CachedDataset(next(root.iterdir()))
