@@ -74,22 +74,27 @@ def build_cache(prefix: FrozenPrefix, dataset: SpeechDataset, path: str | Path,
         raise ValueError("cache a dataset built with train=False: random crops change every "
                          "epoch, so they cannot be computed once")
     path, key = Path(path), cache_key(prefix, dataset)
-    counts, width = frame_counts(prefix, dataset), prefix.backbone.config.hidden_size
+    # Manifest durations are rounded, so a clip may come out a frame longer than estimated:
+    # room for one spare frame per clip; offsets and frame counts come from what is written.
+    estimate, width = frame_counts(prefix, dataset), prefix.backbone.config.hidden_size
     print(f"caching {len(dataset)} clips from layer {prefix.k}: "
           f"{cache_size_bytes(prefix, dataset) / 2**20:.1f} MiB on disk")
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")  # one per builder
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     states = np.lib.format.open_memmap(partial / STATES, mode="w+", dtype=np.float16,
-                                       shape=(sum(counts), width))
+                                       shape=(sum(estimate) + len(estimate), width))
     prefix.to(device).eval()
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+    offsets, counts, end = [], [], 0
     for index in tqdm(range(len(dataset)), desc="caching", disable=not progress):
         hidden = prefix(dataset[index]["input_values"][None].to(device))[0]
-        if hidden.shape[0] != counts[index]:
+        if abs(hidden.shape[0] - estimate[index]) > 1:
             raise RuntimeError(f"{dataset.rows.at[index, 'path']}: {hidden.shape[0]} frames, "
-                               f"expected {counts[index]}; the manifest's duration is wrong")
-        states[offsets[index]: offsets[index] + counts[index]] = hidden.cpu().numpy()
+                               f"expected {estimate[index]}; fix the manifest's duration")
+        states[end: end + hidden.shape[0]] = hidden.cpu().numpy()
+        offsets.append(end)
+        counts.append(hidden.shape[0])
+        end += hidden.shape[0]
     states.flush()
     del states
     index_data = {"key": key, "k": prefix.k, "width": width, "offsets": offsets,
