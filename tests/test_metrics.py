@@ -16,10 +16,11 @@ def test_ccc_matches_an_independent_implementation():
 
 
 def test_ccc_of_identical_inputs_is_one_and_penalises_shift_and_scale():
-    x = torch.randn(100)
+    x = torch.linspace(-1, 1, 101)         # mean 0, population variance v
+    v = x.var(unbiased=False).item()
     assert ccc(x, x) == pytest.approx(1.0, abs=1e-6)
-    assert ccc(x + 1.0, x) < 0.7           # Pearson r would still be 1
-    assert ccc(2 * x, x) < 0.9
+    assert ccc(x + 1.0, x) == pytest.approx(2 * v / (2 * v + 1), abs=1e-5)  # Pearson r: 1
+    assert ccc(2 * x, x) == pytest.approx(0.8, abs=1e-5)                    # 2*2v / (4v + v)
 
 
 def test_ccc_hand_computed_case():

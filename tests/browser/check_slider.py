@@ -1,0 +1,95 @@
+"""Browser check: notebook 03's slider renders in JupyterLab and moving it redraws the figure.
+
+Needs Chromium (Debian: `apt-get install chromium`) and Playwright (`pip install playwright`;
+no browser download: it drives /usr/bin/chromium). Run from the project root:
+
+    .venv/bin/python tests/browser/check_slider.py results/browser
+
+It starts JupyterLab on a free loopback port with SMOKE=1, opens the notebook, runs all
+cells, takes a screenshot, presses the right arrow on the slider, checks that the figure
+changed, and takes a second screenshot. Exit status 0 means the slider works.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK = "03_partial-finetuning.ipynb"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_lab(port: int, token: str) -> subprocess.Popen:
+    env = {**os.environ, "SMOKE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT / 'notebooks'}",
+         "--ServerApp.allow_root=True"], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+
+
+def figure_source(page) -> str:
+    image = page.locator(".widget-output img").first
+    image.wait_for(timeout=120_000)
+    return image.get_attribute("src") or ""
+
+
+def main(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    port, token = free_port(), "slider-check"
+    lab = start_lab(port, token)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            url = f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK}?token={token}"
+            for _ in range(60):  # wait for the server
+                try:
+                    page.goto(url, timeout=5_000)
+                    break
+                except Exception:
+                    time.sleep(1)
+            page.wait_for_selector(".jp-Notebook", timeout=120_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                                   timeout=120_000)
+            page.keyboard.press("Escape")
+            page.click("text=Run", timeout=30_000)
+            page.click("text=Run All Cells", timeout=30_000)
+            slider = page.locator(".widget-slider .noUi-handle, .widget-slider input").first
+            slider.wait_for(timeout=300_000)
+            slider.scroll_into_view_if_needed()
+            before = figure_source(page)
+            page.screenshot(path=str(out_dir / "slider-before.png"))
+            slider.focus()
+            page.keyboard.press("ArrowLeft")
+            deadline = time.time() + 60
+            while figure_source(page) == before and time.time() < deadline:
+                time.sleep(1)
+            after = figure_source(page)
+            page.screenshot(path=str(out_dir / "slider-after.png"))
+            browser.close()
+        if after == before:
+            sys.exit("the figure did not change after moving the slider")
+        print(f"slider works: figure redrawn; screenshots in {out_dir}")
+    finally:
+        lab.terminate()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "results/browser"))
