@@ -26,9 +26,14 @@ def bench(args: argparse.Namespace) -> None:
     from .experiments import append_result, run_in_subprocess, summary_table
     from .plots import tradeoff_figure
 
+    from .train import bf16_is_fast
+
     timing = args.timing_only
     methods = args.methods.split(",") if args.methods else (TIMING_GRID if timing else
                                                              TRAINING_GRID)
+    if not args.methods and not bf16_is_fast(args.device):
+        print(f"bf16 is emulated on this {args.device} (no native bf16): skipping +bf16 methods")
+        methods = [m for m in methods if "+bf16" not in m]
     stem = f"timing-{args.backbone.replace(':', '-').replace('/', '-')}" if timing else "bench"
     out = Path(args.out_dir) / f"{stem}.jsonl"
     out.unlink(missing_ok=True)
