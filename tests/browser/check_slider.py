@@ -13,9 +13,11 @@ changed, and takes a second screenshot. Exit status 0 means the slider works.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,11 +34,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_lab(port: int, token: str) -> subprocess.Popen:
+def start_lab(port: int, token: str, root: Path) -> subprocess.Popen:
     env = {**os.environ, "SMOKE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     return subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT / 'notebooks'}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
          "--ServerApp.allow_root=True"], env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
 
@@ -50,7 +52,9 @@ def figure_source(page) -> str:
 def main(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     port, token = free_port(), "slider-check"
-    lab = start_lab(port, token)
+    root = Path(tempfile.mkdtemp())  # a copy: autosave must not touch the committed notebook
+    shutil.copy(ROOT / "notebooks" / NOTEBOOK, root / NOTEBOOK)
+    lab = start_lab(port, token, root)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
@@ -66,13 +70,22 @@ def main(out_dir: Path) -> None:
                 except Exception:
                     time.sleep(1)
             page.wait_for_selector(".jp-Notebook", timeout=120_000)
+            select = page.locator(".jp-Dialog button:has-text('Select')")
+            try:  # JupyterLab may ask which kernel to start
+                select.click(timeout=15_000)
+            except Exception:
+                pass
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                                    timeout=120_000)
             page.keyboard.press("Escape")
             page.click("text=Run", timeout=30_000)
             page.click("text=Run All Cells", timeout=30_000)
             slider = page.locator(".widget-slider .noUi-handle, .widget-slider input").first
-            slider.wait_for(timeout=300_000)
+            try:
+                slider.wait_for(timeout=180_000)
+            except Exception:
+                page.screenshot(path=str(out_dir / "no-slider.png"), full_page=True)
+                raise
             slider.scroll_into_view_if_needed()
             before = figure_source(page)
             page.screenshot(path=str(out_dir / "slider-before.png"))
