@@ -223,11 +223,6 @@ def append_result(record: dict, path: str | Path) -> None:
         stream.write(json.dumps(record) + "\n")
 
 
-def load_results(path: str | Path) -> pd.DataFrame:
-    """A JSON-lines results file as a table."""
-    return pd.read_json(path, lines=True)
-
-
 # ------------------------------------------------------------------------------ summaries
 def summary_table(results: pd.DataFrame, reference: str = "full") -> pd.DataFrame:
     """One row per method: CCC mean ± sd over seeds, time, memory, parameters, and the time

@@ -4,7 +4,7 @@ import soundfile as sf
 import torch
 
 from helpers.data import (DIMENSIONS, AudioError, LengthBucketSampler, ManifestError,
-                          SpeechDataset, collate, collate_for, from_common, load_manifest,
+                          SpeechDataset, collate_for, from_common, load_manifest,
                           read_audio, to_common, validate_manifest)
 
 from conftest import small_config, write_tone
