@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 
 from .data import PROJECT_ROOT, iemocap, load_manifest, msp_podcast, sample_manifest
+from .train import seed_everything
 
 REFERENCE_DIR = PROJECT_ROOT / "results" / "reference"
 
@@ -32,9 +31,7 @@ def setup(seed: int = 0, device: str | None = None) -> str:
     import transformers
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     hardware = (torch.cuda.get_device_name(device) if device.startswith("cuda")
                 else f"{platform.processor() or platform.machine()}, "
                      f"{torch.get_num_threads()} threads")

@@ -27,7 +27,7 @@ from transformers import Wav2Vec2Model, get_linear_schedule_with_warmup
 from .backbone import tiny_config
 from .corpus import apply_effort, draw_prosody, speak, trim_silence
 from .data import LengthBucketSampler, SAMPLE_RATE, collate, normalize
-from .train import rng_state, seed_everything, set_rng_state
+from .train import atomic_save, rng_state, seed_everything, set_rng_state
 
 # Voices (espeak voice+variant) not used by the emotion corpus's speakers.
 VOICES = ["en-us+m2", "en-us+f1", "en-us+m4", "en-us+f3", "en-gb+m1", "en-gb+f2", "en-gb+m6",
@@ -216,11 +216,9 @@ def pretrain(speech_dir: str | Path, out_dir: str | Path, num_steps: int = 3000,
             progress.update(1)
             progress.set_postfix(ctc=f"{ctc.item():.2f}", prosody=f"{aux.item():.2f}")
             if step % checkpoint_every == 0 or step == num_steps:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "curve": curve,
-                            "step": step, **rng_state()}, checkpoint.with_suffix(".tmp"))
-                checkpoint.with_suffix(".tmp").replace(checkpoint)
+                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "curve": curve,
+                             "step": step, **rng_state()}, checkpoint)
             if step >= num_steps:
                 break
     progress.close()

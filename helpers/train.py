@@ -215,12 +215,17 @@ def _patience_exhausted(result: FitResult, patience: int | None) -> bool:
 
 def _save(path: Path, model, optimizer, scheduler, scaler, result: FitResult,
           best_state: dict) -> None:
-    """Write the checkpoint to a temporary file, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The checkpoint of a fit: trainable weights, optimizer, scheduler, scaler, RNG state."""
     state = {"trainable": trainable_state(model), "best_trainable": best_state,
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict(), "result": asdict(result),
              **rng_state()}
+    atomic_save(state, path)
+
+
+def atomic_save(state: dict, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     torch.save(state, temporary)
     os.replace(temporary, path)
