@@ -92,16 +92,21 @@ def make_sample_command(args: argparse.Namespace) -> None:
 
 
 def pretrain_command(args: argparse.Namespace) -> None:
-    """Synthesise the pretraining speech (once) and pretrain the bundled tiny backbone."""
-    from .pretrain import make_pretraining_speech, pretrain
+    """Synthesise the pretraining speech (once), pretrain the bundled tiny backbone, probe it
+    layer by layer against random weights, and write its model card."""
+    import pandas as pd
+
+    from .pretrain import make_pretraining_speech, pretrain, probe_and_describe
 
     speech = Path(args.speech_dir)
     if not (speech / "transcripts.csv").is_file():
         make_pretraining_speech(speech, num_clips=args.clips, seed=args.seed + 1234)
     summary = pretrain(speech, args.out, num_steps=args.steps, batch_size=args.batch_size,
-                       prosody_weight=args.prosody_weight, seed=args.seed)
+                       lr=args.lr, prosody_weight=args.prosody_weight, seed=args.seed)
     print(f"backbone saved to {args.out} after {summary['steps']} steps "
-          f"(final CTC loss {summary['curve'][-1][1]:.3f})")
+          f"(final CTC loss {summary['curve'][-1][1]:.3f}); probing its layers")
+    probes = probe_and_describe(args.out, seed=args.seed)
+    print(pd.concat(probes, axis=1).to_string())
 
 
 def main_job(args: argparse.Namespace) -> None:
@@ -141,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--timing-only", action="store_true",
                      help="time a few training steps per method instead of training")
     sub.add_argument("--seeds", type=int, default=3)
-    sub.add_argument("--epochs", type=int, default=4)
+    sub.add_argument("--epochs", type=int, default=6)
     sub.add_argument("--batch-size", type=int, default=8)
     sub.add_argument("--device", default="cpu")
     sub.add_argument("--jobs", type=int, default=1, help="runs at once, sharing the CPU "
@@ -165,10 +170,11 @@ def parser() -> argparse.ArgumentParser:
                                    description=pretrain_command.__doc__)
     backbone.add_argument("--out", default=str(SAMPLE_DIR / "backbone"))
     backbone.add_argument("--speech-dir", default="build/pretraining_speech")
-    backbone.add_argument("--clips", type=int, default=3600)
-    backbone.add_argument("--steps", type=int, default=1200)
+    backbone.add_argument("--clips", type=int, default=4000)
+    backbone.add_argument("--steps", type=int, default=1400)
     backbone.add_argument("--batch-size", type=int, default=16)
-    backbone.add_argument("--prosody-weight", type=float, default=1.0)
+    backbone.add_argument("--lr", type=float, default=5e-4)
+    backbone.add_argument("--prosody-weight", type=float, default=0.5)
     backbone.add_argument("--seed", type=int, default=0)
     backbone.set_defaults(function=pretrain_command)
     return root

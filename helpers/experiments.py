@@ -31,7 +31,8 @@ from .model import EmotionRegressor, WeightedSumRegressor
 from .surgery import apply_lora, freeze_feature_encoder, split_at_layer
 from .timing import (count_flops, device_name, median, peak_memory, reset_peak_memory,
                      synchronize, time_steps)
-from .train import TrainConfig, evaluate, fit, resolve_precision, train_step
+from .train import (TrainConfig, evaluate, fit, make_optimizer, resolve_precision,
+                    train_step)
 
 METHOD_PATTERN = re.compile(r"^(?P<kind>full|partial|lora|cached|weighted-sum)"
                             r"(?:\((?P<number>\d+)\))?(?P<options>(?:\+(?:cnn|bf16|fp16|auto))*)$")
@@ -116,7 +117,7 @@ def cached_loaders(prepared: Prepared, manifest: pd.DataFrame, batch_size: int, 
 
 
 def run(method: Method | str, manifest: pd.DataFrame, backbone: str = "tiny", seed: int = 0,
-        num_epochs: int = 4, batch_size: int = 8, lr: float = 5e-4, device: str = "cpu",
+        num_epochs: int = 6, batch_size: int = 8, lr: float = 5e-4, device: str = "cpu",
         warmup_epochs: int = 1, cache_dir: str | Path = "cache", patience: int | None = None,
         progress: bool = True) -> dict:
     """Train ``method`` on ``manifest`` and return one flat, JSON-ready result record.
@@ -187,7 +188,7 @@ def time_method(method: Method | str, backbone: str = "random:wav2vec2-base",
         batch = {"hidden": hidden, "frame_lengths": torch.full((batch_size,), hidden.shape[1]),
                  "labels": batch["labels"]}
         extra["cache_seconds_per_batch"] = median(prefix_times)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    optimizer = make_optimizer(model, lr=1e-5)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
     model.train()
     losses = []  # every step's loss, from the first: precision variants are compared on them

@@ -74,6 +74,16 @@ def bf16_is_fast(device: torch.device | str) -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """AdamW over the parameters that train, with its fused kernel: one pass over all of them
+    instead of a dozen tensor operations each, which matters most where the rest of the step
+    is small (caching)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters; unfreeze something first")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def autocast(device: torch.device, precision: str):
     """Mixed precision for the forward pass; a no-op in fp32."""
     return torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32")
@@ -166,11 +176,8 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
     device = torch.device(config.device)
     precision = resolve_precision(config.precision, device)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters; unfreeze something first")
     seed_everything(config.seed)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
     total_steps = config.num_epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(config.warmup_ratio * total_steps), total_steps)

@@ -8,7 +8,7 @@ from transformers import Wav2Vec2Model
 from helpers.data import LengthBucketSampler, collate
 from helpers.model import EmotionRegressor
 from helpers.surgery import freeze_feature_encoder
-from helpers.train import TrainConfig, evaluate, fit, resolve_precision
+from helpers.train import TrainConfig, evaluate, fit, make_optimizer, resolve_precision
 
 from conftest import ToneDataset, small_config
 
@@ -91,3 +91,14 @@ def test_auto_precision_is_fp32_on_cpu_and_unknown_precision_is_refused():
     assert resolve_precision("auto", "cpu") == "fp32"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp8", "cpu")
+
+
+
+def test_the_optimizer_holds_exactly_the_trainable_parameters():
+    model = tone_model()
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    optimizer = make_optimizer(model, lr=1e-4)
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == trainable
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        make_optimizer(model, lr=1e-4)
