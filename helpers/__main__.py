@@ -36,15 +36,20 @@ def bench(args: argparse.Namespace) -> None:
     stem = f"timing-{args.backbone.replace(':', '-').replace('/', '-')}" if timing else "bench"
     out = Path(args.out_dir) / f"{stem}.jsonl"
     out.unlink(missing_ok=True)
-    jobs = [(method, seed) for seed in range(1 if timing else args.seeds) for method in methods]
+    # timing: the whole grid `repeats` times over (the summary takes each method's median), so
+    # a slow spell on a shared machine cannot fall on one method alone
+    jobs = [(method, round_) for round_ in range(args.repeats if timing else args.seeds)
+            for method in methods]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
 
     def one_job(job: tuple[str, int]) -> dict:
-        method, seed = job
-        print(f"--- {method} (seed {seed})", flush=True)
+        method, index = job  # a seed when training, a round when timing
         if timing:
-            return run_in_subprocess("time", threads, method=method, backbone=args.backbone,
-                                     device=args.device, seed=seed)
+            print(f"--- {method} (round {index + 1} of {args.repeats})", flush=True)
+            return {**run_in_subprocess("time", threads, method=method, backbone=args.backbone,
+                                        device=args.device, seed=0), "round": index}
+        seed = index
+        print(f"--- {method} (seed {seed})", flush=True)
         return run_in_subprocess("run", threads, method=method, manifest=args.manifest,
                                  backbone=args.backbone, seed=seed, num_epochs=args.epochs,
                                  batch_size=args.batch_size, device=args.device,
@@ -146,6 +151,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--timing-only", action="store_true",
                      help="time a few training steps per method instead of training")
     sub.add_argument("--seeds", type=int, default=3)
+    sub.add_argument("--repeats", type=int, default=3,
+                     help="with --timing-only: rounds over the grid (median per method)")
     sub.add_argument("--epochs", type=int, default=6)
     sub.add_argument("--batch-size", type=int, default=8)
     sub.add_argument("--device", default="cpu")

@@ -245,4 +245,7 @@ def summary_table(results: pd.DataFrame, reference: str = "full") -> pd.DataFram
         table["gflops_per_step"] = flops / 1e9
         table["flop_predicted_reduction"] = 1 - flops / flops[reference]
         table["measured_vs_predicted"] = table["time_reduction"] / table["flop_predicted_reduction"]
+        # time as a fraction of the reference's, over the fraction FLOPs predict (1 = as fast
+        # as FLOPs say; 1.3 = 30% slower than predicted: fixed costs that FLOPs do not see)
+        table["time_over_flop_ratio"] = (1 - table["time_reduction"]) / (flops / flops[reference])
     return table.round(3)
