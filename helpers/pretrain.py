@@ -64,12 +64,13 @@ VERBS = ["carried", "painted", "followed", "opened", "measured", "counted", "mov
          "dragged", "rolled", "turned", "bought", "sold", "sent", "kept", "held", "drew",
          "threw", "caught", "climbed", "crossed", "visited", "photographed", "described",
          "recorded", "printed", "labelled", "tested", "examined", "ordered", "hid", "chose"]
-ADJECTIVES = ["green", "yellow", "purple", "brown", "silver", "golden", "wooden", "plastic",
-              "metal", "heavy", "narrow", "wide", "round", "square", "flat", "tall", "short",
-              "empty", "full", "wet", "dry", "warm", "cold", "soft", "hard", "smooth",
-              "rough", "shiny", "dusty", "striped", "spotted", "frozen", "broken", "folded",
-              "second", "third", "middle", "upper", "lower", "northern", "southern",
-              "eastern", "western", "plain", "tiny", "huge", "thick", "thin", "sticky"]
+NEUTRAL_ADJECTIVES = ["green", "yellow", "purple", "brown", "silver", "golden", "wooden",
+                      "plastic", "metal", "heavy", "narrow", "wide", "round", "square", "flat",
+                      "tall", "short", "empty", "full", "wet", "dry", "warm", "cold", "soft",
+                      "hard", "smooth", "rough", "shiny", "dusty", "striped", "spotted",
+                      "frozen", "broken", "folded", "second", "third", "middle", "upper",
+                      "lower", "northern", "southern", "eastern", "western", "plain", "tiny",
+                      "huge", "thick", "thin", "sticky"]
 PLACES = ["near the", "under the", "behind the", "beside the", "across the", "inside the",
           "over the", "below the", "between the", "around the", "into the", "through the",
           "along the", "beyond the", "next to the", "outside the"]
@@ -89,14 +90,15 @@ def pretraining_sentences(rng, count: int) -> list[str]:
     pick = lambda words: words[rng.integers(len(words))]
     forms = [
         lambda: f"the {pick(NOUNS)} {pick(VERBS)} the {pick(NOUNS)} {pick(PLACES)} {pick(NOUNS)}",
-        lambda: f"{pick(NUMBERS)} {pick(ADJECTIVES)} {pick(NOUNS)}s were {pick(VERBS)} "
+        lambda: f"{pick(NUMBERS)} {pick(NEUTRAL_ADJECTIVES)} {pick(NOUNS)}s were {pick(VERBS)} "
                 f"{pick(PLACES)} {pick(NOUNS)}",
         lambda: f"{pick(PEOPLE)} {pick(VERBS)} {pick(NUMBERS)} {pick(NOUNS)}s {pick(WHEN)}",
-        lambda: f"{pick(PEOPLE)} {pick(VERBS)} the {pick(ADJECTIVES)} {pick(NOUNS)} "
+        lambda: f"{pick(PEOPLE)} {pick(VERBS)} the {pick(NEUTRAL_ADJECTIVES)} {pick(NOUNS)} "
                 f"and the {pick(NOUNS)}",
-        lambda: f"{pick(WHEN)} the {pick(ADJECTIVES)} {pick(NOUNS)} was {pick(VERBS)} "
+        lambda: f"{pick(WHEN)} the {pick(NEUTRAL_ADJECTIVES)} {pick(NOUNS)} was {pick(VERBS)} "
                 f"{pick(PLACES)} {pick(NOUNS)}",
-        lambda: f"a {pick(ADJECTIVES)} {pick(NOUNS)} and a {pick(ADJECTIVES)} {pick(NOUNS)}",
+        lambda: f"a {pick(NEUTRAL_ADJECTIVES)} {pick(NOUNS)} "
+                f"and a {pick(NEUTRAL_ADJECTIVES)} {pick(NOUNS)}",
     ]
     return [forms[rng.integers(len(forms))]().capitalize() + "." for _ in range(count)]
 
