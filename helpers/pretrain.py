@@ -405,6 +405,7 @@ and 0.40 on valence. This one reaches {gain_mean:+.3f} and {gain_valence:+.3f}:
 |---|---|
 | 2.62 h, 99 words, 1200 steps, prosody weight 1.0 | +0.134 / +0.203 |
 | 2.96 h, 535 words, 1400 steps, prosody weight 0.5 (this one) | {gain_mean:+.3f} / {gain_valence:+.3f} |
+| 2.96 h, 535 words, 1400 steps, pure CTC (prosody weight 0; not shipped) | +0.139 / +0.331 |
 
 The second recipe widened the vocabulary (with under a hundred words a model can learn the
 words themselves rather than phonemes, and the emotion corpus's adjectives are words it never
