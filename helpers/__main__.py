@@ -107,11 +107,23 @@ def pretrain_command(args: argparse.Namespace) -> None:
     if not (speech / "transcripts.csv").is_file():
         make_pretraining_speech(speech, num_clips=args.clips, seed=args.seed + 1234)
     summary = pretrain(speech, args.out, num_steps=args.steps, batch_size=args.batch_size,
-                       lr=args.lr, prosody_weight=args.prosody_weight, seed=args.seed)
+                       lr=args.lr, prosody_weight=args.prosody_weight, width=args.width,
+                       seed=args.seed)
     print(f"backbone saved to {args.out} after {summary['steps']} steps "
           f"(final CTC loss {summary['curve'][-1][1]:.3f}); probing its layers")
     probes = probe_and_describe(args.out, seed=args.seed)
     print(pd.concat(probes, axis=1).to_string())
+
+
+def check_rerun_command(args: argparse.Namespace) -> None:
+    """Compare a from-scratch rerun of the pretraining recipe (its output folder) with the
+    reported backbone; the table goes into the reported backbone's model card."""
+    from .pretrain import rerun_check
+
+    table = rerun_check(args.reported, args.rerun)
+    print(table.to_string())
+    if not table["within tolerance"].all():
+        raise SystemExit("the rerun differs from the reported figures by more than 0.03")
 
 
 def main_job(args: argparse.Namespace) -> None:
@@ -182,8 +194,14 @@ def parser() -> argparse.ArgumentParser:
     backbone.add_argument("--batch-size", type=int, default=16)
     backbone.add_argument("--lr", type=float, default=5e-4)
     backbone.add_argument("--prosody-weight", type=float, default=0.5)
+    backbone.add_argument("--width", type=int, default=192, help="transformer width")
     backbone.add_argument("--seed", type=int, default=0)
     backbone.set_defaults(function=pretrain_command)
+    rerun = commands.add_parser("check-rerun", help="compare a rerun of pretrain-backbone "
+                                "with the bundled backbone", description=check_rerun_command.__doc__)
+    rerun.add_argument("rerun", help="the rerun's --out folder")
+    rerun.add_argument("--reported", default=str(SAMPLE_DIR / "backbone"))
+    rerun.set_defaults(function=check_rerun_command)
     return root
 
 

@@ -37,18 +37,25 @@ def large_config() -> Wav2Vec2Config:
         feat_extract_norm="layer", conv_bias=True, do_stable_layer_norm=True)
 
 
-def tiny_config() -> Wav2Vec2Config:
-    """A ~3 M-parameter base-like Wav2Vec2 with the real CNN strides (20 ms frames).
-
-    Used with random weights only until the bundled pretrained backbone exists.
-    """
+def tiny_config(width: int = 192) -> Wav2Vec2Config:
+    """A small base-like Wav2Vec2 (6 layers; ~3 M parameters at width 192, ~5 M at 256) with
+    the real CNN strides (20 ms frames): the architecture of the pretraining recipe."""
     return Wav2Vec2Config(
-        hidden_size=192, num_hidden_layers=6, num_attention_heads=4, intermediate_size=768,
-        conv_dim=(64,) * 7, num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=16)
+        hidden_size=width, num_hidden_layers=6, num_attention_heads=4,
+        intermediate_size=4 * width, conv_dim=(64,) * 7, num_conv_pos_embeddings=64,
+        num_conv_pos_embedding_groups=16)
+
+
+def bundled_architecture() -> Wav2Vec2Config:
+    """The bundled backbone's architecture (for random-weight comparisons), or the recipe's
+    default before a backbone has been pretrained."""
+    if (BUNDLED_BACKBONE / "config.json").is_file():
+        return Wav2Vec2Config.from_pretrained(BUNDLED_BACKBONE)
+    return tiny_config()
 
 
 PRESETS = {"random:wav2vec2-base": base_config, "random:wav2vec2-large": large_config,
-           "random:tiny": tiny_config}
+           "random:tiny": bundled_architecture}
 
 
 def load_backbone(spec: str = "tiny", seed: int = 0) -> Wav2Vec2Model:

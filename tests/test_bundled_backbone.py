@@ -19,6 +19,14 @@ def test_plain_transformers_loads_it_offline():
     assert model.config.feat_extract_norm == "group"  # base-like, as the model card says
 
 
+def test_random_tiny_is_the_bundled_architecture_with_fresh_weights():
+    pretrained, random_weights = load_backbone("tiny"), load_backbone("random:tiny")
+    assert count_parameters(random_weights) == count_parameters(pretrained)
+    assert random_weights.config.hidden_size == pretrained.config.hidden_size
+    first = lambda model: next(model.encoder.layers[0].parameters())
+    assert not first(random_weights).equal(first(pretrained))
+
+
 def test_probe_matches_the_model_card_and_beats_random_weights():
     recorded = json.loads((BUNDLED_BACKBONE / "probe.json").read_text())
     measured = layer_probe(load_backbone("tiny"), sample_manifest())

@@ -2,6 +2,8 @@
 are well formed."""
 
 import numpy as np
+import pandas as pd
+import pytest
 import torch
 
 from helpers import corpus, pretrain
@@ -36,3 +38,33 @@ def test_prosody_targets_have_one_row_per_frame_and_track_loudness():
     assert targets.shape == (49, 2) and torch.isfinite(targets).all()
     energy = targets[:, 1]
     assert energy[-5:].mean() > energy[:5].mean() + 0.5  # louder end, higher energy target
+
+
+def probes(valence_top: float) -> dict:
+    layers = {"arousal": [0.70, 0.80], "valence": [0.30, valence_top], "dominance": [0.5, 0.6]}
+    pretrained = pd.DataFrame(layers)
+    pretrained["mean"] = pretrained.mean(axis=1)
+    random_weights = pretrained * 0 + 0.2
+    return {"pretrained": pretrained, "random": random_weights}
+
+
+def test_rerun_check_reports_gains_and_flags_figures_beyond_the_tolerance():
+    figures = pretrain.best_layer_figures(probes(0.5))
+    assert figures["gain valence"] == pytest.approx(0.3)
+    assert figures["gain mean"] == pytest.approx((0.8 + 0.5 + 0.6) / 3 - 0.2, abs=1e-3)
+    close = pretrain.compare_figures(probes(0.5), probes(0.52))
+    assert close["within tolerance"].all()
+    far = pretrain.compare_figures(probes(0.5), probes(0.45))
+    assert not far.loc["valence", "within tolerance"] and far.loc["arousal", "within tolerance"]
+    assert far.loc["valence", "difference"] == pytest.approx(-0.05)
+
+
+def test_the_model_cards_command_parses_back_to_the_recorded_recipe():
+    from helpers.__main__ import parser
+
+    summary = {"seed": 3, "steps": 900, "batch_size": 8, "lr": 8e-4, "prosody_weight": 0.25}
+    command = pretrain.recipe_command(summary, {"hidden_size": 256})
+    args = parser().parse_args(command.split()[3:])
+    assert args.command == "pretrain-backbone"
+    assert (args.seed, args.steps, args.batch_size, args.lr, args.prosody_weight, args.width) == (
+        3, 900, 8, 8e-4, 0.25, 256)
