@@ -9,15 +9,19 @@ export PYTHONUNBUFFERED := 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
+# uv (from PyPI) fetches and unpacks the ~3 GB of torch wheels in parallel: about 45 s
+# instead of pip's 3 minutes on a fresh machine.
+UV     := $(VENV)/bin/uv pip install --quiet --python $(PY)
+
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet uv
+	$(UV) -r requirements.txt
+	$(UV) --no-deps -e .
 	touch $@
 
 $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(UV) -r requirements-dev.txt
 	touch $@
 
 setup: $(VENV)/.dev  ## create .venv and install everything (quick when already done)
