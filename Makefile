@@ -11,7 +11,7 @@ help:  ## list the targets
 
 # uv (from PyPI) fetches and unpacks the ~3 GB of torch wheels in parallel: about 45 s
 # instead of pip's 3 minutes on a fresh machine.
-UV     := $(VENV)/bin/uv pip install --quiet --python $(PY)
+UV     := $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY)
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
