@@ -66,7 +66,8 @@ def saved_or_computed(name: str, compute: Callable[[], object]):
     """
     path = results_dir() / f"{name}.json"
     if path.is_file():
-        print(f"loaded {path} (delete it to recompute)")
+        shown = path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+        print(f"loaded {shown} (delete it to recompute)")
         return json.loads(path.read_text())
     value = compute()
     path.write_text(json.dumps(value, default=float))
