@@ -198,7 +198,8 @@ def parser() -> argparse.ArgumentParser:
     backbone.add_argument("--seed", type=int, default=0)
     backbone.set_defaults(function=pretrain_command)
     rerun = commands.add_parser("check-rerun", help="compare a rerun of pretrain-backbone "
-                                "with the bundled backbone", description=check_rerun_command.__doc__)
+                                "with the bundled backbone",
+                                description=check_rerun_command.__doc__)
     rerun.add_argument("rerun", help="the rerun's --out folder")
     rerun.add_argument("--reported", default=str(SAMPLE_DIR / "backbone"))
     rerun.set_defaults(function=check_rerun_command)

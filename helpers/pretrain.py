@@ -338,7 +338,8 @@ def best_layer_figures(probes: dict[str, pd.DataFrame]) -> pd.Series:
     """The figures the model card reports: best-layer CCC per dimension of the pretrained
     backbone, and its best-layer gains over random weights (mean and valence)."""
     pretrained, random_weights = probes["pretrained"], probes["random"]
-    gains = {f"gain {d}": pretrained[d].max() - random_weights[d].max() for d in ("mean", "valence")}
+    gains = {f"gain {d}": pretrained[d].max() - random_weights[d].max()
+             for d in ("mean", "valence")}
     return pd.Series({**pretrained.max().to_dict(), **gains}).round(3)
 
 
@@ -358,6 +359,9 @@ def compare_figures(reported: dict[str, pd.DataFrame], rerun: dict[str, pd.DataF
     return table
 
 
+RERUN_FILE = "rerun_check.json"
+
+
 def rerun_check(reported: str | Path, rerun: str | Path, tolerance: float = 0.03) -> pd.DataFrame:
     """Compare a from-scratch rerun of the recipe with the reported backbone, figure by figure;
     the table is saved beside the reported backbone and shown in its model card."""
@@ -365,9 +369,6 @@ def rerun_check(reported: str | Path, rerun: str | Path, tolerance: float = 0.03
     (Path(reported) / RERUN_FILE).write_text(table.to_json(orient="index"))
     write_model_card(reported, load_probes(reported))
     return table
-
-
-RERUN_FILE = "rerun_check.json"
 
 
 def rerun_section(folder: Path) -> str:
@@ -440,8 +441,8 @@ default exactly as on the real model. Tests cover the layer-norm variant separat
 sentences from a vocabulary of {summary.get('vocabulary_words', '?')} words; words and voices
 disjoint from the emotion corpus), {summary['steps']} steps of batch {summary['batch_size']},
 AdamW at {summary['lr']} with warm-up and linear decay, LayerDrop 0.05, on a 2-core CPU
-({summary['seconds_this_run'] / 60:.0f} minutes with {summary.get('threads', 2)} thread(s)). The command also runs the probe below and
-rewrites this card. Objective:
+({summary['seconds_this_run'] / 60:.0f} minutes, {summary.get('threads', 2)} threads). The command
+also runs the probe below and rewrites this card. Objective:
 - **phoneme CTC** on espeak-ng's own transcriptions of what it spoke (no human labels), and
 - **frame-level pitch and energy regression** (weight {summary['prosody_weight']}), measured
   from the audio. Pure CTC makes the top layers specialise in phonemes and discard prosody
@@ -471,22 +472,22 @@ and 0.40 on valence. This one reaches {gain_mean:+.3f} and {gain_valence:+.3f}:
  f"{int(pretrained['valence'].idxmax())} of {len(pretrained) - 1}."}
 
 ## What was tried
-Each row is one run of the recipe (seed 0, {summary['hours_of_speech']} h of speech unless said), probed as above:
+Each row is one run of the recipe (seed 0; {summary['hours_of_speech']} h of speech unless
+said), probed as above:
 
 | recipe | best-layer gain over random weights (mean / valence) | where the dimensions peak |
 |---|---|---|
 {chr(10).join(f"| {recipe}{this_one if gains == this_gains else ''} | {gains} | {peaks} |"
           for recipe, gains, peaks in TRIED_RECIPES)}
 
-The second recipe widened the
-vocabulary: with under a hundred words a model can learn the words themselves rather than
-phonemes, and the emotion corpus's adjectives are words it never heard. Its pure-CTC twin
-shows what the prosody target is for: valence (the words) peaked at the top layer and gained
-more, but arousal and dominance faded towards the top, as the upper layers specialised in
-phonemes. Widening the model to 256 (with a higher learning rate and a lower prosody weight,
-changed together) brought the CTC loss from about 0.8 to 0.44 (mean of the last 50 steps)
-within the same 1400 steps, and gave the
-most self-supervised-like profile of all: arousal and dominance read best in the upper layers.
+The second recipe widened the vocabulary: with under a hundred words a model can learn the
+words themselves rather than phonemes, and the emotion corpus's adjectives are words it never
+heard. Its pure-CTC twin shows what the prosody target is for: valence (the words) peaked at
+the top layer and gained more, but arousal and dominance faded towards the top, as the upper
+layers specialised in phonemes. Widening the model to 256 (with a higher learning rate and a
+lower prosody weight, changed together) brought the CTC loss from about 0.8 to 0.44 (mean of
+the last 50 steps) within the same 1400 steps, and gave the most self-supervised-like profile
+of all: arousal and dominance read best in the upper layers.
 
 ## Reproducibility
 {rerun_section(folder)}
