@@ -118,12 +118,13 @@ def pretrain_command(args: argparse.Namespace) -> None:
 def check_rerun_command(args: argparse.Namespace) -> None:
     """Compare a from-scratch rerun of the pretraining recipe (its output folder) with the
     reported backbone; the table goes into the reported backbone's model card."""
-    from .pretrain import rerun_check
+    from .pretrain import RERUN_TOLERANCE, rerun_check
 
     table = rerun_check(args.reported, args.rerun)
     print(table.to_string())
     if not table["within tolerance"].all():
-        raise SystemExit("the rerun differs from the reported figures by more than 0.03")
+        raise SystemExit(f"the rerun differs from the reported figures by more than "
+                         f"{RERUN_TOLERANCE}")
 
 
 def main_job(args: argparse.Namespace) -> None:

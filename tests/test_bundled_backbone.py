@@ -1,15 +1,13 @@
 """The bundled backbone: plain transformers can load it offline, and its recorded probe
 figures are what the probe measures."""
 
-import json
-
-import pandas as pd
 import pytest
 from transformers import Wav2Vec2Model
 
 from helpers.backbone import BUNDLED_BACKBONE, count_parameters, load_backbone
 from helpers.baselines import layer_probe
 from helpers.data import sample_manifest
+from helpers.pretrain import load_probes
 
 
 def test_plain_transformers_loads_it_offline():
@@ -28,12 +26,12 @@ def test_random_tiny_is_the_bundled_architecture_with_fresh_weights():
 
 
 def test_probe_matches_the_model_card_and_beats_random_weights():
-    recorded = json.loads((BUNDLED_BACKBONE / "probe.json").read_text())
+    recorded = load_probes(BUNDLED_BACKBONE)
     measured = layer_probe(load_backbone("tiny"), sample_manifest())
-    expected = pd.DataFrame(recorded["pretrained"])
+    expected = recorded["pretrained"]
     for dimension in ("arousal", "valence", "dominance", "mean"):
         assert measured[dimension].tolist() == pytest.approx(
             expected[dimension].tolist(), abs=0.01), dimension
-    random_best = pd.DataFrame(recorded["random"])[["valence", "mean"]].max()
+    random_best = recorded["random"][["valence", "mean"]].max()
     assert measured["mean"].max() > random_best["mean"] + 0.1
     assert measured["valence"].max() > random_best["valence"] + 0.15
