@@ -193,9 +193,9 @@ def parser() -> argparse.ArgumentParser:
     backbone.add_argument("--clips", type=int, default=4000)
     backbone.add_argument("--steps", type=int, default=1400)
     backbone.add_argument("--batch-size", type=int, default=16)
-    backbone.add_argument("--lr", type=float, default=5e-4)
-    backbone.add_argument("--prosody-weight", type=float, default=0.5)
-    backbone.add_argument("--width", type=int, default=192, help="transformer width")
+    backbone.add_argument("--lr", type=float, default=8e-4)
+    backbone.add_argument("--prosody-weight", type=float, default=0.1)
+    backbone.add_argument("--width", type=int, default=256, help="transformer width")
     backbone.add_argument("--seed", type=int, default=0)
     backbone.set_defaults(function=pretrain_command)
     rerun = commands.add_parser("check-rerun", help="compare a rerun of pretrain-backbone "

@@ -37,7 +37,7 @@ def large_config() -> Wav2Vec2Config:
         feat_extract_norm="layer", conv_bias=True, do_stable_layer_norm=True)
 
 
-def tiny_config(width: int = 192) -> Wav2Vec2Config:
+def tiny_config(width: int = 256) -> Wav2Vec2Config:
     """A small base-like Wav2Vec2 (6 layers; ~3 M parameters at width 192, ~5 M at 256) with
     the real CNN strides (20 ms frames): the architecture of the pretraining recipe."""
     return Wav2Vec2Config(

@@ -7,7 +7,7 @@ from transformers import Wav2Vec2Model
 from helpers.backbone import BUNDLED_BACKBONE, count_parameters, load_backbone
 from helpers.baselines import layer_probe
 from helpers.data import sample_manifest
-from helpers.pretrain import load_probes
+from helpers.pretrain import best_layer_figures, load_probes, read_recipe
 
 
 def test_plain_transformers_loads_it_offline():
@@ -25,13 +25,27 @@ def test_random_tiny_is_the_bundled_architecture_with_fresh_weights():
     assert not first(random_weights).equal(first(pretrained))
 
 
-def test_probe_matches_the_model_card_and_beats_random_weights():
+def test_probe_measured_now_matches_the_recorded_one():
     recorded = load_probes(BUNDLED_BACKBONE)
     measured = layer_probe(load_backbone("tiny"), sample_manifest())
     expected = recorded["pretrained"]
     for dimension in ("arousal", "valence", "dominance", "mean"):
         assert measured[dimension].tolist() == pytest.approx(
             expected[dimension].tolist(), abs=0.01), dimension
-    random_best = recorded["random"][["valence", "mean"]].max()
-    assert measured["mean"].max() > random_best["mean"] + 0.1
-    assert measured["valence"].max() > random_best["valence"] + 0.15
+
+
+def test_recorded_probe_meets_the_targets_the_model_card_claims():
+    """Best layer against random weights: +0.20 CCC averaged over the three dimensions and
+    +0.40 on valence (the test above ties these recorded figures to the weights)."""
+    figures = best_layer_figures(load_probes(BUNDLED_BACKBONE))
+    assert figures["gain mean"] >= 0.20 and figures["gain valence"] >= 0.40
+
+
+def test_the_bare_command_is_the_recipe_that_made_it():
+    """``python -m helpers pretrain-backbone`` with no options reruns the bundled recipe."""
+    from helpers.__main__ import parser
+
+    args = parser().parse_args(["pretrain-backbone"])
+    assert read_recipe(BUNDLED_BACKBONE) == {
+        "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "prosody_weight": args.prosody_weight, "width": args.width}

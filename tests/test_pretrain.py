@@ -62,8 +62,9 @@ def test_rerun_check_reports_gains_and_flags_figures_beyond_the_tolerance():
 def test_the_model_cards_command_parses_back_to_the_recorded_recipe():
     from helpers.__main__ import parser
 
-    summary = {"seed": 3, "steps": 900, "batch_size": 8, "lr": 8e-4, "prosody_weight": 0.25}
-    command = pretrain.recipe_command(summary, {"hidden_size": 256})
+    recipe = {"seed": 3, "steps": 900, "batch_size": 8, "lr": 8e-4, "prosody_weight": 0.25,
+              "width": 256}
+    command = pretrain.recipe_command(recipe)
     args = parser().parse_args(command.split()[3:])
     assert args.command == "pretrain-backbone"
     assert (args.seed, args.steps, args.batch_size, args.lr, args.prosody_weight, args.width) == (
