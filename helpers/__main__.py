@@ -52,7 +52,7 @@ def bench(args: argparse.Namespace) -> None:
         print(f"--- {method} (seed {seed})", flush=True)
         return run_in_subprocess("run", threads, method=method, manifest=args.manifest,
                                  backbone=args.backbone, seed=seed, num_epochs=args.epochs,
-                                 batch_size=args.batch_size, device=args.device,
+                                 batch_size=args.batch_size, lr=args.lr, device=args.device,
                                  cache_dir=args.cache_dir)
 
     records = []
@@ -168,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
                      help="with --timing-only: rounds over the grid (median per method)")
     sub.add_argument("--epochs", type=int, default=6)
     sub.add_argument("--batch-size", type=int, default=8)
+    sub.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
     sub.add_argument("--device", default="cpu")
     sub.add_argument("--jobs", type=int, default=1, help="runs at once, sharing the CPU "
                      "cores (timings are then per share; use 1 for timing)")
