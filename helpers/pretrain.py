@@ -427,8 +427,9 @@ def write_model_card(folder: str | Path, probes: dict[str, pd.DataFrame]) -> Non
     summary = json.loads((folder / "pretraining.json").read_text())
     curve = np.array(summary["curve"])
     pretrained, random_weights = probes["pretrained"], probes["random"]
-    best = pretrained.drop(columns="mean").max()
-    top_gap = (best - pretrained.drop(columns="mean").iloc[-1]).max()
+    dimensions = pretrained.drop(columns="mean")
+    best = dimensions.max()
+    top_gap = (best - dimensions.iloc[-1]).max()
     figures = best_layer_figures(probes)
     gain_mean, gain_valence = figures["gain mean"], figures["gain valence"]
     table = pd.concat({"bundled": pretrained, "random": random_weights}, axis=1)
@@ -436,8 +437,9 @@ def write_model_card(folder: str | Path, probes: dict[str, pd.DataFrame]) -> Non
     (folder / "probe.json").write_text(json.dumps({k: v.to_dict(orient="list")
                                                     for k, v in probes.items()}))
     config = json.loads((folder / "config.json").read_text())
+    command = recipe_command(read_recipe(folder))
     peaks = ", ".join(f"{d} at {int(pretrained[d].idxmax())}" for d in best.index)
-    this_run = (f"| **this backbone**, `{recipe_command(read_recipe(folder))}` | "
+    this_run = (f"| **this backbone**, `{command}` | "
                 f"**{gain_mean:+.3f} / {gain_valence:+.3f}** | {peaks}; the top layer within "
                 f"{top_gap:.2f} of each |")
     millions = sum(v.numel() for v in
@@ -457,7 +459,7 @@ group-norm models, a final layer norm only in pre-LN models) are exercised on th
 default exactly as on the real model. Tests cover the layer-norm variant separately.
 
 ## Recipe
-`{recipe_command(read_recipe(folder))}` (needs espeak-ng):
+`{command}` (needs espeak-ng):
 {summary['hours_of_speech']} h of espeak-ng speech ({summary.get('num_clips', '?')} neutral
 sentences from a vocabulary of {summary.get('vocabulary_words', '?')} words; words and voices
 disjoint from the emotion corpus), {summary['steps']} steps of batch {summary['batch_size']},
