@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .data import SAMPLE_DIR, load_manifest, sample_manifest
+from .experiments import LEARNING_RATES
 
 RESULTS_DIR = Path("results")
 TRAINING_GRID = ["full", "partial(1)", "partial(2)", "partial(3)", "partial(4)", "partial(5)",
@@ -19,12 +20,17 @@ TIMING_GRID = ["full", "full+cnn", "partial(3)", "lora(16)", "cached(3)", "weigh
 
 
 def bench(args: argparse.Namespace) -> None:
-    """Run the grid, each run in its own process; write JSON lines, a summary and a figure."""
+    """Run the grid, each run in its own process; write JSON lines, a summary and a figure.
+
+    Training first chooses each method's learning rate on dev: one run per rate in --lrs
+    (seed 0), best dev CCC wins; mixed-precision variants take their fp32 method's rate. Then
+    every method trains with --seeds seeds at its rate (the seed-0 search run is reused).
+    """
     import pandas as pd
 
-    from .experiments import append_result, run_in_subprocess, summary_table
+    from .experiments import (chosen_learning_rates, lr_search_table, methods_to_search,
+                              summary_table)
     from .plots import tradeoff_figure
-
     from .train import bf16_is_fast
 
     timing = args.timing_only
@@ -34,39 +40,95 @@ def bench(args: argparse.Namespace) -> None:
         print(f"bf16 is emulated on this {args.device} (no native bf16): skipping +bf16 methods")
         methods = [m for m in methods if "+bf16" not in m]
     stem = f"timing-{args.backbone.replace(':', '-').replace('/', '-')}" if timing else "bench"
-    out = Path(args.out_dir) / f"{stem}.jsonl"
-    out.unlink(missing_ok=True)
-    # timing: the whole grid `repeats` times over (the summary takes each method's median), so
-    # a slow spell on a shared machine cannot fall on one method alone
-    jobs = [(method, round_) for round_ in range(args.repeats if timing else args.seeds)
-            for method in methods]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
-
-    def one_job(job: tuple[str, int]) -> dict:
-        method, index = job  # a seed when training, a round when timing
-        if timing:
-            print(f"--- {method} (round {index + 1} of {args.repeats})", flush=True)
-            return {**run_in_subprocess("time", threads, method=method, backbone=args.backbone,
-                                        device=args.device, seed=0), "round": index}
-        seed = index
-        print(f"--- {method} (seed {seed})", flush=True)
-        return run_in_subprocess("run", threads, method=method, manifest=args.manifest,
-                                 backbone=args.backbone, seed=seed, num_epochs=args.epochs,
-                                 batch_size=args.batch_size, lr=args.lr, device=args.device,
-                                 cache_dir=args.cache_dir)
-
-    records = []
-    with ThreadPoolExecutor(args.jobs) as pool:  # each job is its own process
-        for record in pool.map(one_job, jobs):
-            record["parallel_jobs"] = args.jobs
-            append_result(record, out)
-            records.append(record)
+    out_dir = Path(args.out_dir)
+    runner = GridRunner(args, out_dir / f"{stem}.jsonl")
+    if timing:
+        # the whole grid `repeats` times over (the summary takes each method's median), so a
+        # slow spell on a shared machine cannot fall on one method alone
+        records = runner.run([(m, round_, None) for round_ in range(args.repeats)
+                              for m in methods])
+    else:
+        rates = [float(rate) for rate in args.lrs.split(",")]
+        search = [(m, 0, rate) for rate in rates for m in methods_to_search(methods)]
+        searched = runner.run(search if len(rates) > 1 else [])
+        chosen = (chosen_learning_rates(pd.DataFrame(searched), methods) if searched
+                  else dict.fromkeys(methods, rates[0]))
+        if searched:
+            table = lr_search_table(pd.DataFrame(searched))
+            (out_dir / f"{stem}-lr-search.md").write_text(table.to_markdown() + "\n")
+            print(f"best dev CCC per learning rate (seed 0):\n{table.to_string()}\n")
+        finals = runner.run([(m, seed, chosen[m]) for seed in range(args.seeds)
+                             for m in methods])
+        records = searched + [r for r in finals if r not in searched]
+    runner.rewrite(records)
     summary = summary_table(pd.DataFrame(records))
-    (Path(args.out_dir) / f"{stem}-summary.md").write_text(summary.to_markdown() + "\n")
+    (out_dir / f"{stem}-summary.md").write_text(summary.to_markdown() + "\n")
     print(summary.to_string())
     if not timing:
-        tradeoff_figure(summary, path=Path(args.out_dir) / "tradeoffs.png")
-    print(f"\nresults in {out} and {stem}-summary.md")
+        tradeoff_figure(summary, path=out_dir / "tradeoffs.png")
+    print(f"\nresults in {runner.path} and {stem}-summary.md")
+
+
+class GridRunner:
+    """Runs bench jobs ``(method, seed or round, lr)``, each in its own process, ``--jobs``
+    at a time, appending each record to ``path`` as it finishes. With ``--resume`` a job
+    already recorded there with the same settings is not run again."""
+
+    def __init__(self, args: argparse.Namespace, path: Path):
+        self.args, self.path = args, path
+        self.threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+        self.done = {self.key(r): r for r in self.read() if self.same_settings(r)}
+        if args.resume:
+            print(f"resuming: {len(self.done)} runs already in {path}")
+        else:
+            self.done = {}
+            path.unlink(missing_ok=True)
+
+    def read(self) -> list[dict]:
+        return ([json.loads(line) for line in self.path.read_text().splitlines() if line]
+                if self.path.is_file() else [])
+
+    def key(self, record: dict) -> tuple:
+        index = record["round"] if self.args.timing_only else record["seed"]
+        return record["method"], index, record.get("lr")
+
+    def same_settings(self, record: dict) -> bool:
+        settings = {"backbone": self.args.backbone} if self.args.timing_only else {
+            "backbone": self.args.backbone, "num_epochs": self.args.epochs,
+            "batch_size": self.args.batch_size}
+        return all(record.get(name) == value for name, value in settings.items())
+
+    def run(self, jobs: list[tuple]) -> list[dict]:
+        """The records of ``jobs``, in order: recorded ones as they were, the rest run now."""
+        from .experiments import append_result
+
+        missing = [job for job in jobs if job not in self.done]
+        with ThreadPoolExecutor(self.args.jobs) as pool:  # each job is its own process
+            for job, record in zip(missing, pool.map(self.run_one, missing)):
+                record["parallel_jobs"] = self.args.jobs
+                append_result(record, self.path)
+                self.done[job] = record
+        return [self.done[job] for job in jobs]
+
+    def run_one(self, job: tuple) -> dict:
+        from .experiments import run_in_subprocess
+
+        method, index, lr = job
+        args = self.args
+        if args.timing_only:
+            print(f"--- {method} (round {index + 1} of {args.repeats})", flush=True)
+            return {**run_in_subprocess("time", self.threads, method=method,
+                                        backbone=args.backbone, device=args.device, seed=0),
+                    "round": index}
+        print(f"--- {method} (seed {index}, lr {lr:g})", flush=True)
+        return run_in_subprocess("run", self.threads, method=method, manifest=args.manifest,
+                                 backbone=args.backbone, seed=index, num_epochs=args.epochs,
+                                 batch_size=args.batch_size, lr=lr, device=args.device,
+                                 cache_dir=args.cache_dir)
+
+    def rewrite(self, records: list[dict]) -> None:
+        """Leave exactly this grid's records in the file (a resumed file may hold others)."""
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def one(args: argparse.Namespace) -> None:
@@ -168,12 +230,16 @@ def parser() -> argparse.ArgumentParser:
                      help="with --timing-only: rounds over the grid (median per method)")
     sub.add_argument("--epochs", type=int, default=6)
     sub.add_argument("--batch-size", type=int, default=8)
-    sub.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
+    sub.add_argument("--lrs", default=",".join(f"{rate:g}" for rate in LEARNING_RATES),
+                     help="peak learning rates (AdamW) to choose from on dev, per method; "
+                     "give one to train every method at it without a search")
     sub.add_argument("--device", default="cpu")
     sub.add_argument("--jobs", type=int, default=1, help="runs at once, sharing the CPU "
                      "cores (timings are then per share; use 1 for timing)")
     sub.add_argument("--cache-dir", default=str(RESULTS_DIR / "cache"))
     sub.add_argument("--out-dir", default=str(RESULTS_DIR))
+    sub.add_argument("--resume", action="store_true", help="keep the runs already in the "
+                     "results file with the same settings (an interrupted bench goes on)")
     sub.set_defaults(function=bench)
     single = commands.add_parser("one", help="one run in this process (used by bench)",
                                  description=one.__doc__)

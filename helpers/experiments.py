@@ -224,14 +224,76 @@ def append_result(record: dict, path: str | Path) -> None:
         stream.write(json.dumps(record) + "\n")
 
 
+# ----------------------------------------------------------------- choosing learning rates
+LEARNING_RATES = (1e-4, 2e-4, 5e-4, 1e-3)
+
+
+def base_method(name: str) -> str:
+    """The fp32 method a mixed-precision variant belongs to: ``partial(3)+bf16`` ->
+    ``partial(3)``. Mixed precision is meant as a drop-in change to the same recipe, so a
+    variant trains at the learning rate chosen for its base method."""
+    method = parse_method(name)
+    return Method(method.kind, method.number, method.train_cnn).name
+
+
+def methods_to_search(methods: list[str]) -> list[str]:
+    """The methods whose learning rate is searched: each fp32 method, and a mixed-precision
+    one only when its base method is not in the grid."""
+    return [m for m in methods if base_method(m) == m or base_method(m) not in methods]
+
+
+def best_dev_ccc(results: pd.DataFrame) -> pd.Series:
+    """Each run's dev CCC at its best epoch (the epoch whose test score it reports)."""
+    return results["dev_ccc"].map(lambda scores: max(scores, default=float("nan")))
+
+
+def chosen_learning_rates(results: pd.DataFrame,
+                          methods: list[str] | None = None) -> dict[str, float]:
+    """For each method (default: those in ``results``): the learning rate whose seed-0 run
+    reached the best dev CCC, searched on its base method if that ran, else on the method
+    itself. The test speakers play no part in the choice."""
+    seed0 = results[results["seed"] == 0].assign(best_dev=best_dev_ccc)
+    best = (seed0.sort_values("best_dev", ascending=False, kind="stable")
+            .drop_duplicates("method").set_index("method")["lr"])
+    methods = results["method"].unique() if methods is None else methods
+    return {m: float(best.get(base_method(m), best.get(m))) for m in methods}
+
+
+def final_runs(results: pd.DataFrame) -> pd.DataFrame:
+    """The runs a summary reports: each method's runs at its chosen learning rate (all runs
+    when only one learning rate was tried)."""
+    if "lr" not in results or results["lr"].nunique() < 2:
+        return results
+    chosen = chosen_learning_rates(results)
+    return results[results["lr"] == results["method"].map(chosen)]
+
+
+def lr_search_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Best dev CCC of each searched method (rows) at each learning rate (columns), seed 0,
+    with the chosen rate; the test score is left out on purpose: it did not choose."""
+    seed0 = results[results["seed"] == 0].assign(best_dev=best_dev_ccc)
+    searched = seed0.groupby("method")["lr"].transform("nunique") > 1
+    table = seed0[searched].pivot_table(index="method", columns="lr", values="best_dev",
+                                        sort=False).round(3)
+    table.columns = [f"lr {rate:g}" for rate in table.columns]
+    chosen = chosen_learning_rates(seed0)
+    table["chosen lr"] = [chosen[m] for m in table.index]
+    return table
+
+
 # ------------------------------------------------------------------------------ summaries
 def summary_table(results: pd.DataFrame, reference: str = "full") -> pd.DataFrame:
     """One row per method: CCC mean ± sd over seeds, time, memory, parameters, and the time
-    reduction against ``reference`` (fp32) measured and predicted from FLOPs."""
+    reduction against ``reference`` (fp32) measured and predicted from FLOPs. Where several
+    learning rates were tried, each method is summarised at its chosen one (``final_runs``).
+    """
     time_column = "seconds_per_step" if "seconds_per_step" in results else "seconds_per_epoch"
     memory = [c for c in ("peak_allocated_mib", "peak_rss_mib") if c in results][:1]
+    results = final_runs(results)
     grouped = results.groupby("method", sort=False)
     table = grouped[[time_column, *memory, "trainable_params"]].median()
+    if "lr" in results:
+        table["lr"] = grouped["lr"].first()
     if "test_ccc_mean" in results:
         table["ccc_mean"] = grouped["test_ccc_mean"].mean()
         table["ccc_sd"] = grouped["test_ccc_mean"].std()
@@ -248,4 +310,4 @@ def summary_table(results: pd.DataFrame, reference: str = "full") -> pd.DataFram
         # time as a fraction of the reference's, over the fraction FLOPs predict (1 = as fast
         # as FLOPs say; 1.3 = 30% slower than predicted: fixed costs that FLOPs do not see)
         table["time_over_flop_ratio"] = (1 - table["time_reduction"]) / (flops / flops[reference])
-    return table.round(3)
+    return table.round({column: 3 for column in table.columns if column != "lr"})

@@ -5,7 +5,9 @@ import pytest
 import torch
 from transformers import Wav2Vec2Model
 
-from helpers.experiments import parse_method, run, summary_table, time_method
+from helpers.__main__ import GridRunner, parser
+from helpers.experiments import (chosen_learning_rates, lr_search_table, methods_to_search,
+                                 parse_method, run, summary_table, time_method)
 
 from conftest import small_config
 
@@ -63,3 +65,49 @@ def test_summary_reports_reductions_against_full():
     assert summary.at["cached(3)", "measured_vs_predicted"] == pytest.approx(0.85 / 0.84, abs=1e-3)
     # 0.15 of full's time where FLOPs predict 0.16: a little faster than predicted
     assert summary.at["cached(3)", "time_over_flop_ratio"] == pytest.approx(0.15 / 0.16, abs=1e-3)
+
+
+def fake_run(method: str, seed: int, lr: float, best_dev: float, test: float) -> dict:
+    return {"method": method, "seed": seed, "lr": lr, "dev_ccc": [0.1, best_dev, best_dev - 0.1],
+            "test_ccc_mean": test, "seconds_per_epoch": 1.0, "trainable_params": 9,
+            **{f"test_ccc_{dim}": test for dim in ("arousal", "valence", "dominance")}}
+
+
+def test_learning_rate_is_chosen_on_dev_and_mixed_precision_inherits_it():
+    assert methods_to_search(["full", "partial(3)", "full+bf16", "cached(3)+bf16"]) == \
+        ["full", "partial(3)", "cached(3)+bf16"]
+    results = pd.DataFrame([
+        fake_run("full", 0, 1e-4, best_dev=0.5, test=0.9),  # best on test, not on dev
+        fake_run("full", 0, 5e-4, best_dev=0.6, test=0.2),
+        fake_run("full", 1, 5e-4, best_dev=0.6, test=0.4),
+        fake_run("full", 1, 1e-4, best_dev=0.9, test=0.9),  # seed 1 does not choose
+        fake_run("full+bf16", 0, 1e-4, best_dev=0.8, test=0.8),
+        fake_run("full+bf16", 0, 5e-4, best_dev=0.7, test=0.7)])
+    assert chosen_learning_rates(results) == {"full": 5e-4, "full+bf16": 5e-4}
+    assert lr_search_table(results).loc["full", "chosen lr"] == 5e-4
+    summary = summary_table(results)
+    assert summary.at["full", "seeds"] == 2 and summary.at["full", "lr"] == 5e-4
+    assert summary.at["full", "ccc_mean"] == pytest.approx(0.3)
+    assert summary.at["full+bf16", "seeds"] == 1 and summary.at["full+bf16", "ccc_mean"] == 0.7
+
+
+def test_an_interrupted_bench_resumes_without_rerunning_finished_runs(tmp_path, monkeypatch):
+    ran = []
+
+    def run_one(runner, job):
+        ran.append(job)
+        return {"method": job[0], "seed": job[1], "lr": job[2], "backbone": "tiny",
+                "num_epochs": runner.args.epochs, "batch_size": runner.args.batch_size}
+
+    monkeypatch.setattr(GridRunner, "run_one", run_one)
+    args = parser().parse_args(["bench", "--out-dir", str(tmp_path)])
+    path = tmp_path / "bench.jsonl"
+    GridRunner(args, path).run([("full", 0, 1e-4)])  # then the bench is interrupted
+    args.resume = True
+    records = GridRunner(args, path).run([("full", 0, 1e-4), ("full", 1, 1e-4)])
+    assert ran == [("full", 0, 1e-4), ("full", 1, 1e-4)] and len(records) == 2
+    args.epochs = 2  # other settings: nothing is reused
+    GridRunner(args, path).run([("full", 0, 1e-4)])
+    args.resume = False  # a fresh bench starts an empty file
+    GridRunner(args, path).run([("full", 0, 1e-4)])
+    assert len(ran) == 4 and len(path.read_text().splitlines()) == 1
