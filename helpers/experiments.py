@@ -251,12 +251,14 @@ def chosen_learning_rates(results: pd.DataFrame,
                           methods: list[str] | None = None) -> dict[str, float]:
     """For each method (default: those in ``results``): the learning rate whose seed-0 run
     reached the best dev CCC, searched on its base method if that ran, else on the method
-    itself. The test speakers play no part in the choice."""
+    itself (a method with neither is left out). The test speakers play no part in the
+    choice."""
     seed0 = results[results["seed"] == 0].assign(best_dev=best_dev_ccc)
     best = (seed0.sort_values("best_dev", ascending=False, kind="stable")
             .drop_duplicates("method").set_index("method")["lr"])
     methods = results["method"].unique() if methods is None else methods
-    return {m: float(best.get(base_method(m), best.get(m))) for m in methods}
+    searched_on = {m: base_method(m) if base_method(m) in best else m for m in methods}
+    return {m: float(best[on]) for m, on in searched_on.items() if on in best}
 
 
 def final_runs(results: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from .data import PROJECT_ROOT, iemocap, load_manifest, msp_podcast, sample_manifest
+from .experiments import chosen_learning_rates
 from .train import seed_everything
 
 REFERENCE_DIR = PROJECT_ROOT / "results" / "reference"
@@ -81,6 +82,15 @@ def reference_results(stem: str) -> pd.DataFrame:
     path = local if local.is_file() else REFERENCE_DIR / f"{stem}.jsonl"
     print(f"results from {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
     return pd.read_json(path, lines=True)
+
+
+def bench_learning_rate(method: str, default: float = 5e-4) -> float:
+    """The peak learning rate ``make bench`` chose for ``method`` on dev, or ``default`` for
+    a method the bench did not run."""
+    chosen = chosen_learning_rates(reference_results("bench"), [method])
+    if method not in chosen:
+        print(f"the bench did not run {method}: lr {default:g}")
+    return chosen.get(method, default)
 
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
