@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .data import SAMPLE_DIR, load_manifest, sample_manifest
 from .experiments import LEARNING_RATES
+from .pretrain import RECIPE
 
 RESULTS_DIR = Path("results")
 TRAINING_GRID = ["full", "partial(1)", "partial(2)", "partial(3)", "partial(4)", "partial(5)",
@@ -258,12 +259,8 @@ def parser() -> argparse.ArgumentParser:
     backbone.add_argument("--out", default=str(SAMPLE_DIR / "backbone"))
     backbone.add_argument("--speech-dir", default="build/pretraining_speech")
     backbone.add_argument("--clips", type=int, default=4000)
-    backbone.add_argument("--steps", type=int, default=1400)
-    backbone.add_argument("--batch-size", type=int, default=16)
-    backbone.add_argument("--lr", type=float, default=8e-4)
-    backbone.add_argument("--prosody-weight", type=float, default=0.1)
-    backbone.add_argument("--width", type=int, default=256, help="transformer width")
-    backbone.add_argument("--seed", type=int, default=0)
+    for option, value in RECIPE.items():  # the bundled backbone's recipe is the default
+        backbone.add_argument(f"--{option.replace('_', '-')}", type=type(value), default=value)
     backbone.set_defaults(function=pretrain_command)
     rerun = commands.add_parser("check-rerun", help="compare a rerun of pretrain-backbone "
                                 "with the bundled backbone",

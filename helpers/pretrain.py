@@ -217,9 +217,16 @@ def pretraining_loss(model: PretrainingModel, batch: dict, prosody_weight: float
     return ctc + prosody_weight * aux, ctc.detach(), aux.detach()
 
 
-def pretrain(speech_dir: str | Path, out_dir: str | Path, num_steps: int = 1400,
-             batch_size: int = 16, lr: float = 8e-4, prosody_weight: float = 0.1,
-             width: int = 256, seed: int = 0, checkpoint_every: int = 250) -> dict:
+# The bundled backbone's recipe: the defaults of ``pretrain`` and of ``python -m helpers
+# pretrain-backbone`` (a test checks them against what the shipped backbone recorded).
+RECIPE = {"seed": 0, "width": 256, "steps": 1400, "batch_size": 16, "lr": 8e-4,
+          "prosody_weight": 0.1}
+
+
+def pretrain(speech_dir: str | Path, out_dir: str | Path, num_steps: int = RECIPE["steps"],
+             batch_size: int = RECIPE["batch_size"], lr: float = RECIPE["lr"],
+             prosody_weight: float = RECIPE["prosody_weight"], width: int = RECIPE["width"],
+             seed: int = RECIPE["seed"], checkpoint_every: int = 250) -> dict:
     """Train the backbone with CTC + prosody, checkpointing (and resuming) in ``out_dir``;
     save the final backbone as safetensors + config.json and the loss curve as JSON."""
     speech_dir, out_dir = Path(speech_dir), Path(out_dir)
@@ -403,7 +410,7 @@ TRIED_RECIPES = [
 ]
 
 
-RECIPE_OPTIONS = ("seed", "width", "steps", "batch_size", "lr", "prosody_weight")
+RECIPE_OPTIONS = tuple(RECIPE)
 
 
 def read_recipe(folder: str | Path) -> dict:

@@ -1,13 +1,15 @@
 """The bundled backbone: plain transformers can load it offline, and its recorded probe
 figures are what the probe measures."""
 
+import inspect
+
 import pytest
 from transformers import Wav2Vec2Model
 
-from helpers.backbone import BUNDLED_BACKBONE, count_parameters, load_backbone
+from helpers.backbone import BUNDLED_BACKBONE, count_parameters, load_backbone, tiny_config
 from helpers.baselines import layer_probe
 from helpers.data import sample_manifest
-from helpers.pretrain import best_layer_figures, load_probes, read_recipe
+from helpers.pretrain import best_layer_figures, load_probes, pretrain, read_recipe
 
 
 def test_plain_transformers_loads_it_offline():
@@ -42,10 +44,17 @@ def test_recorded_probe_meets_the_targets_the_model_card_claims():
 
 
 def test_the_bare_command_is_the_recipe_that_made_it():
-    """``python -m helpers pretrain-backbone`` with no options reruns the bundled recipe."""
+    """``python -m helpers pretrain-backbone`` with no options, and ``pretrain()`` with no
+    keywords, rerun the bundled recipe."""
     from helpers.__main__ import parser
 
     args = parser().parse_args(["pretrain-backbone"])
-    assert read_recipe(BUNDLED_BACKBONE) == {
+    recorded = read_recipe(BUNDLED_BACKBONE)
+    assert recorded == {
         "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "prosody_weight": args.prosody_weight, "width": args.width}
+    defaults = {name: parameter.default
+                for name, parameter in inspect.signature(pretrain).parameters.items()}
+    assert recorded == {option: defaults["num_steps" if option == "steps" else option]
+                        for option in recorded}
+    assert tiny_config().hidden_size == recorded["width"]
