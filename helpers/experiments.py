@@ -287,13 +287,16 @@ def lr_search_table(results: pd.DataFrame) -> pd.DataFrame:
 def summary_table(results: pd.DataFrame, reference: str = "full") -> pd.DataFrame:
     """One row per method: CCC mean ± sd over seeds, time, memory, parameters, and the time
     reduction against ``reference`` (fp32) measured and predicted from FLOPs. Where several
-    learning rates were tried, each method is summarised at its chosen one (``final_runs``).
+    learning rates were tried, each method's accuracy is that of its runs at its chosen rate
+    (``final_runs``); time and memory are medians over all its runs, since the rate changes
+    what a step computes, not how long it takes.
     """
     time_column = "seconds_per_step" if "seconds_per_step" in results else "seconds_per_epoch"
     memory = [c for c in ("peak_allocated_mib", "peak_rss_mib") if c in results][:1]
+    table = (results.groupby("method")[[time_column, *memory, "trainable_params"]].median()
+             .reindex(results["method"].unique()))
     results = final_runs(results)
     grouped = results.groupby("method", sort=False)
-    table = grouped[[time_column, *memory, "trainable_params"]].median()
     if "lr" in results:
         table["lr"] = grouped["lr"].first()
     if "test_ccc_mean" in results:

@@ -67,9 +67,10 @@ def test_summary_reports_reductions_against_full():
     assert summary.at["cached(3)", "time_over_flop_ratio"] == pytest.approx(0.15 / 0.16, abs=1e-3)
 
 
-def fake_run(method: str, seed: int, lr: float, best_dev: float, test: float) -> dict:
+def fake_run(method: str, seed: int, lr: float, best_dev: float, test: float,
+             seconds: float = 1.0) -> dict:
     return {"method": method, "seed": seed, "lr": lr, "dev_ccc": [0.1, best_dev, best_dev - 0.1],
-            "test_ccc_mean": test, "seconds_per_epoch": 1.0, "trainable_params": 9,
+            "test_ccc_mean": test, "seconds_per_epoch": seconds, "trainable_params": 9,
             **{f"test_ccc_{dim}": test for dim in ("arousal", "valence", "dominance")}}
 
 
@@ -80,7 +81,7 @@ def test_learning_rate_is_chosen_on_dev_and_mixed_precision_inherits_it():
         fake_run("full", 0, 1e-4, best_dev=0.5, test=0.9),  # best on test, not on dev
         fake_run("full", 0, 5e-4, best_dev=0.6, test=0.2),
         fake_run("full", 1, 5e-4, best_dev=0.6, test=0.4),
-        fake_run("full", 1, 1e-4, best_dev=0.9, test=0.9),  # seed 1 does not choose
+        fake_run("full", 1, 1e-4, best_dev=0.9, test=0.9, seconds=3.0),  # seed 1: no say
         fake_run("full+bf16", 0, 1e-4, best_dev=0.8, test=0.8),
         fake_run("full+bf16", 0, 5e-4, best_dev=0.7, test=0.7)])
     assert chosen_learning_rates(results) == {"full": 5e-4, "full+bf16": 5e-4}
@@ -88,6 +89,8 @@ def test_learning_rate_is_chosen_on_dev_and_mixed_precision_inherits_it():
     summary = summary_table(results)
     assert summary.at["full", "seeds"] == 2 and summary.at["full", "lr"] == 5e-4
     assert summary.at["full", "ccc_mean"] == pytest.approx(0.3)
+    assert summary.at["full", "seconds_per_epoch"] == 1.0  # median over every run of full
+    assert list(summary.index) == ["full", "full+bf16"]
     assert summary.at["full+bf16", "seeds"] == 1 and summary.at["full+bf16", "ccc_mean"] == 0.7
 
 

@@ -1,12 +1,13 @@
 """Every notebook runs top to bottom in SMOKE mode (a failing cell fails the test), in a
-kernel that cannot reach the network."""
+kernel that cannot reach the network, and trains at the learning rates the bench chose."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-from helpers.notebook import execute, series
+from helpers.experiments import chosen_learning_rates
+from helpers.notebook import bench_learning_rate, execute, reference_results, series
 
 GUARD = Path(__file__).parent / "netguard"
 
@@ -28,3 +29,13 @@ def test_notebook_runs_in_smoke_mode(notebook, tmp_path):
     assert all(cell.get("execution_count") for cell in code)
     errors = [o for cell in code for o in cell.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+
+def test_notebooks_train_each_method_at_the_rate_the_bench_chose(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path))  # no bench of one's own: the reference
+    reference = reference_results("bench")
+    assert reference["lr"].nunique() > 1  # the reference bench searched the learning rate
+    chosen = chosen_learning_rates(reference)
+    assert bench_learning_rate("full") == chosen["full"]
+    assert bench_learning_rate("partial(3)+bf16") == chosen["partial(3)"]
+    assert bench_learning_rate("partial(9)", default=3e-4) == 3e-4  # not in the bench
