@@ -49,7 +49,7 @@ def bench(args: argparse.Namespace) -> None:
         records = runner.run([(m, round_, None) for round_ in range(args.repeats)
                               for m in methods])
     else:
-        rates = [float(rate) for rate in args.lrs.split(",")]
+        rates = args.lrs
         search = [(m, 0, rate) for rate in rates for m in methods_to_search(methods)]
         searched = runner.run(search if len(rates) > 1 else [])
         chosen = (chosen_learning_rates(pd.DataFrame(searched), methods) if searched
@@ -211,6 +211,14 @@ def main_job(args: argparse.Namespace) -> None:
     print(f"\nexecuted notebooks: {out}/\ntrade-off figure: {figure}\ntrade-off table: {table}")
 
 
+def learning_rates(text: str) -> list[float]:
+    """``"1e-4,5e-4"`` -> [0.0001, 0.0005]: the --lrs option (argparse reports a bad one)."""
+    rates = [float(rate) for rate in text.split(",")]
+    if not rates or min(rates) <= 0:
+        raise ValueError(text)
+    return rates
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m helpers", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -231,7 +239,7 @@ def parser() -> argparse.ArgumentParser:
                      help="with --timing-only: rounds over the grid (median per method)")
     sub.add_argument("--epochs", type=int, default=6)
     sub.add_argument("--batch-size", type=int, default=8)
-    sub.add_argument("--lrs", default=",".join(f"{rate:g}" for rate in LEARNING_RATES),
+    sub.add_argument("--lrs", type=learning_rates, default=",".join(map(str, LEARNING_RATES)),
                      help="peak learning rates (AdamW) to choose from on dev, per method; "
                      "give one to train every method at it without a search")
     sub.add_argument("--device", default="cpu")
