@@ -52,9 +52,9 @@ def bench(args: argparse.Namespace) -> None:
         rates = args.lrs
         search = [(m, 0, rate) for rate in rates for m in methods_to_search(methods)]
         searched = runner.run(search if len(rates) > 1 else [])
-        chosen = (chosen_learning_rates(pd.DataFrame(searched), methods) if searched
-                  else dict.fromkeys(methods, rates[0]))
+        chosen = dict.fromkeys(methods, rates[0])
         if searched:
+            chosen = chosen_learning_rates(pd.DataFrame(searched), methods)
             table = lr_search_table(pd.DataFrame(searched))
             (out_dir / f"{stem}-lr-search.md").write_text(table.to_markdown() + "\n")
             print(f"best dev CCC per learning rate (seed 0):\n{table.to_string()}\n")
@@ -78,11 +78,11 @@ class GridRunner:
     def __init__(self, args: argparse.Namespace, path: Path):
         self.args, self.path = args, path
         self.threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
-        self.done = {self.key(r): r for r in self.read() if self.same_settings(r)}
+        self.done = {}
         if args.resume:
+            self.done = {self.key(r): r for r in self.read() if self.same_settings(r)}
             print(f"resuming: {len(self.done)} runs already in {path}")
         else:
-            self.done = {}
             path.unlink(missing_ok=True)
 
     def read(self) -> list[dict]:
@@ -214,7 +214,7 @@ def main_job(args: argparse.Namespace) -> None:
 def learning_rates(text: str) -> list[float]:
     """``"1e-4,5e-4"`` -> [0.0001, 0.0005]: the --lrs option (argparse reports a bad one)."""
     rates = [float(rate) for rate in text.split(",")]
-    if not rates or min(rates) <= 0:
+    if min(rates) <= 0:
         raise ValueError(text)
     return rates
 

@@ -410,21 +410,18 @@ TRIED_RECIPES = [
 ]
 
 
-RECIPE_OPTIONS = tuple(RECIPE)
-
-
 def read_recipe(folder: str | Path) -> dict:
     """The recipe settings a pretraining run in ``folder`` used (its options' values)."""
     summary = json.loads((Path(folder) / "pretraining.json").read_text())
     config = json.loads((Path(folder) / "config.json").read_text())
     return {option: config["hidden_size"] if option == "width" else summary[option]
-            for option in RECIPE_OPTIONS}
+            for option in RECIPE}
 
 
 def recipe_command(recipe: dict) -> str:
     """The command line that reproduces a pretraining run, every recipe setting spelled out."""
     options = " ".join(f"--{option.replace('_', '-')} {recipe[option]:g}"
-                       for option in RECIPE_OPTIONS)
+                       for option in RECIPE)
     return f"python -m helpers pretrain-backbone {options}"
 
 
