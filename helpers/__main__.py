@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .data import SAMPLE_DIR, load_manifest, sample_manifest
 from .experiments import LEARNING_RATES
-from .pretrain import RECIPE
+from .bundled.pretrain import RECIPE
 
 RESULTS_DIR = Path("results")
 TRAINING_GRID = ["full", "partial(1)", "partial(2)", "partial(3)", "partial(4)", "partial(5)",
@@ -150,8 +150,8 @@ def make_sample_command(args: argparse.Namespace) -> None:
     """Regenerate the bundled corpus (audio, labels.csv, DATASHEET.md)."""
     import shutil
 
-    from .corpus import make_sample
-    from .datasheet import write_datasheet
+    from .bundled.corpus import make_sample
+    from .bundled.datasheet import write_datasheet
 
     shutil.rmtree(Path(args.out) / "audio", ignore_errors=True)
     manifest = make_sample(args.out, seed=args.seed, clips_per_speaker=args.clips_per_speaker)
@@ -164,7 +164,7 @@ def pretrain_command(args: argparse.Namespace) -> None:
     layer by layer against random weights, and write its model card."""
     import pandas as pd
 
-    from .pretrain import make_pretraining_speech, pretrain, probe_and_describe
+    from .bundled.pretrain import make_pretraining_speech, pretrain, probe_and_describe
 
     speech = Path(args.speech_dir)
     if not (speech / "transcripts.csv").is_file():
@@ -181,7 +181,7 @@ def pretrain_command(args: argparse.Namespace) -> None:
 def check_rerun_command(args: argparse.Namespace) -> None:
     """Compare a from-scratch rerun of the pretraining recipe (its output folder) with the
     reported backbone; the table goes into the reported backbone's model card."""
-    from .pretrain import RERUN_TOLERANCE, rerun_check
+    from .bundled.pretrain import RERUN_TOLERANCE, rerun_check
 
     table = rerun_check(args.reported, args.rerun)
     print(table.to_string())

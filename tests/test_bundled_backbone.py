@@ -7,9 +7,9 @@ import pytest
 from transformers import Wav2Vec2Model
 
 from helpers.backbone import BUNDLED_BACKBONE, count_parameters, load_backbone, tiny_config
-from helpers.baselines import layer_probe
+from helpers.bundled.baselines import layer_probe
 from helpers.data import sample_manifest
-from helpers.pretrain import best_layer_figures, load_probes, pretrain, read_recipe
+from helpers.bundled.pretrain import best_layer_figures, load_probes, pretrain, read_recipe
 
 
 def test_plain_transformers_loads_it_offline():

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers.baselines import prosodic_table, ridge_probe
-from helpers.corpus import (ADJECTIVES, FRAMES, SPEAKERS, espeak_available, plan_corpus,
+from helpers.bundled.baselines import prosodic_table, ridge_probe
+from helpers.bundled.corpus import (ADJECTIVES, FRAMES, SPEAKERS, espeak_available, plan_corpus,
                             render_clip)
 from helpers.data import DIMENSIONS, SAMPLE_DIR, read_audio, sample_manifest
-from helpers.datasheet import corpus_statistics, espeak_version
+from helpers.bundled.datasheet import corpus_statistics, espeak_version
 
 STATS = json.loads((SAMPLE_DIR / "stats.json").read_text())
 

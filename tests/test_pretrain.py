@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import corpus, pretrain
+from helpers.bundled import corpus, pretrain
 
 FUNCTION_WORDS = {"the", "a", "and", "at", "on", "all", "this", "after", "about", "were", "was"}
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .baselines import prosodic_table, ridge_probe
 from .corpus import ADJECTIVES, FRAMES, SPEAKERS, LabelRule, espeak_available
-from .data import DIMENSIONS, SPLITS, load_manifest
+from ..data import DIMENSIONS, SPLITS, load_manifest
 
 
 def corpus_statistics(manifest: pd.DataFrame) -> dict:

@@ -17,8 +17,8 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .data import DIMENSIONS, SAMPLE_RATE, read_audio, to_common
-from .metrics import ccc
+from ..data import DIMENSIONS, SAMPLE_RATE, read_audio, to_common
+from ..metrics import ccc
 
 ALPHAS = tuple(10.0 ** k for k in range(-3, 5))
 PROSODIC_FEATURES = ("energy_mean", "energy_std", "energy_max", "pitch_mean", "pitch_std",
@@ -82,7 +82,7 @@ def pooled_hidden_states(backbone, manifest: pd.DataFrame,
 
     Index 0 is the input to the first transformer layer (after the CNN and positional conv).
     """
-    from .data import SpeechDataset  # the same preprocessing as training (centre crop)
+    from ..data import SpeechDataset  # the same preprocessing as training (centre crop)
 
     backbone.eval()
     dataset = SpeechDataset(manifest, max_seconds=max_seconds)

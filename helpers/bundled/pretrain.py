@@ -24,10 +24,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import Wav2Vec2Model, get_linear_schedule_with_warmup
 
-from .backbone import tiny_config
+from ..backbone import tiny_config
 from .corpus import apply_effort, draw_prosody, speak, trim_silence
-from .data import LengthBucketSampler, SAMPLE_RATE, collate, normalize
-from .train import atomic_save, make_optimizer, rng_state, seed_everything, set_rng_state
+from ..data import LengthBucketSampler, SAMPLE_RATE, collate, normalize
+from ..train import atomic_save, make_optimizer, rng_state, seed_everything, set_rng_state
 
 # Voices (espeak voice+variant) not used by the emotion corpus's speakers.
 VOICES = ["en-us+m2", "en-us+f1", "en-us+m4", "en-us+f3", "en-gb+m1", "en-gb+f2", "en-gb+m6",
@@ -317,7 +317,7 @@ def load_pretraining_heads(folder: str | Path) -> PretrainingModel:
 @torch.no_grad()
 def greedy_phonemes(model: PretrainingModel, path: str | Path) -> list[str]:
     """Greedy CTC decoding: the most likely symbol per frame, repeats merged, blanks dropped."""
-    from .data import read_audio
+    from ..data import read_audio
 
     waveform = normalize(read_audio(path))
     logits, _, _ = model(waveform[None], torch.tensor([len(waveform)]))
@@ -330,7 +330,7 @@ def probe_and_describe(folder: str | Path, seed: int = 0) -> dict[str, pd.DataFr
     """Layer-wise probe of the saved backbone and of the same architecture with random
     weights, on the bundled emotion corpus; writes probe.json and the model card."""
     from .baselines import layer_probe
-    from .data import sample_manifest
+    from ..data import sample_manifest
 
     manifest = sample_manifest()
     pretrained = Wav2Vec2Model.from_pretrained(folder)
