@@ -78,6 +78,17 @@ def load_backbone(spec: str = "tiny", seed: int = 0) -> Wav2Vec2Model:
     #                                            facebook/wav2vec2-base (downloads and caches)
 
 
+def backbone_config(spec: str = "tiny") -> Wav2Vec2Config:
+    """The architecture ``load_backbone(spec)`` would build, without building it."""
+    if spec == "tiny" or spec == "random:tiny":
+        return bundled_architecture()
+    if spec in PRESETS:
+        return PRESETS[spec]()
+    if spec.startswith("random:"):
+        raise ValueError(f"unknown preset {spec!r}; choose one of {sorted(PRESETS)}")
+    return Wav2Vec2Config.from_pretrained(spec)
+
+
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters, or of those that will be trained."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -8,19 +8,23 @@ the common range [0, 1] for training and ``from_common`` maps predictions back.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
+
+from .config import cpu_count, digest, file_stamp
+from .store import Store, build_store, keyed_store
 
 SAMPLE_RATE = 16_000
 DIMENSIONS = ("arousal", "valence", "dominance")
@@ -173,6 +177,26 @@ def sample_manifest() -> pd.DataFrame:
     return load_manifest(csv_path)
 
 
+def load_data(spec: str = "bundled") -> pd.DataFrame:
+    """A manifest from one string: ``bundled``, ``msp:/path``, ``iemocap:/path`` or a CSV."""
+    if spec == "bundled":
+        return sample_manifest()
+    kind, _, path = spec.partition(":")
+    if kind == "msp":
+        return msp_podcast(path)
+    if kind == "iemocap":
+        return iemocap(path)
+    return load_manifest(spec)
+
+
+def data_fingerprint(manifest: pd.DataFrame, verify: bool = False) -> str:
+    """A hash of the manifest's rows and its audio files' identity (see ``file_stamp``): what a
+    result was made on, so that it is never reused for other data."""
+    rows = manifest[list(MANIFEST_COLUMNS)].to_csv(index=False)
+    return digest(json.dumps({"rows": rows, "files": [file_stamp(p, content=verify)
+                                                      for p in manifest["path"]]}))
+
+
 # --------------------------------------------------------------------------- real corpora
 
 MSP_SPLIT_SETS = ("Train", "Development", "Test1", "Test2", "Test3")
@@ -248,12 +272,16 @@ def iemocap(root: str | Path, test_session: int = 5, dev_session: int | None = 4
 class SpeechDataset(Dataset):
     """Clips of one split as normalised 16 kHz waveforms with labels in [0, 1].
 
-    Training crops a random window of at most ``max_seconds`` (a fresh one every epoch, the
-    same for a given seed and epoch); evaluation takes the centre window, so it is repeatable.
+    Waveforms come from a decoded ``store`` (see ``waveform_store``) when one is given, else
+    from the audio files. Training crops a random window of at most ``max_seconds``, a fresh
+    one every epoch; evaluation takes the centre window, so it is repeatable. An item is asked
+    for by its index, or by ``(index, epoch)`` as the batch sampler does: the crop then depends
+    on nothing a worker process could hold stale, so persistent workers crop correctly.
     """
 
     def __init__(self, manifest: pd.DataFrame, split: str | None = None,
-                 max_seconds: float | None = 4.0, train: bool = False, seed: int = 0):
+                 max_seconds: float | None = 4.0, train: bool = False, seed: int = 0,
+                 store: Store | None = None):
         rows = manifest if split is None else manifest[manifest["split"] == split]
         if rows.empty:
             raise ManifestError(f"no rows for split {split!r}; the manifest has splits "
@@ -264,34 +292,88 @@ class SpeechDataset(Dataset):
         scaled = [to_common(self.rows[d].to_numpy(float), self.rows["label_min"].to_numpy(float),
                             self.rows["label_max"].to_numpy(float)) for d in DIMENSIONS]
         self.labels = torch.tensor(np.stack(scaled, axis=1), dtype=torch.float32)
+        self.store, self.store_items = store, None
+        if store is not None:
+            position = {path: i for i, path in enumerate(store.meta["paths"])}
+            missing = [p for p in self.rows["path"] if p not in position]
+            if missing:
+                raise ValueError(f"the waveform store {store.path} lacks {len(missing)} clips "
+                                 f"of this split (first: {missing[0]}); build it from the "
+                                 "same manifest")
+            self.store_items = [position[p] for p in self.rows["path"]]
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose which random crops this epoch uses (training only)."""
+        """Choose which random crops plain integer indexing uses (training only)."""
         self.epoch = epoch
+
+    def durations(self) -> np.ndarray:
+        """Seconds of every item after cropping, from the manifest (no audio is read)."""
+        seconds = self.rows["duration"].to_numpy(float)
+        return seconds if self.max_samples is None else np.minimum(
+            seconds, self.max_samples / SAMPLE_RATE)
 
     def num_samples(self) -> list[int]:
         """Length of every item after cropping, from the manifest (no audio is read)."""
         lengths = (self.rows["duration"].to_numpy(float) * SAMPLE_RATE).round().astype(int)
         return [min(n, self.max_samples) if self.max_samples else n for n in lengths]
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        waveform = self.crop(read_audio(self.rows.at[index, "path"]), index)
-        return {"input_values": normalize(waveform), "labels": self.labels[index]}
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        waveform = self.crop(self.waveform(index), index, epoch)
+        return {"input_values": normalize(torch.from_numpy(np.array(waveform, np.float32))),
+                "labels": self.labels[index]}
 
-    def crop(self, waveform: torch.Tensor, index: int) -> torch.Tensor:
+    def waveform(self, index: int) -> np.ndarray:
+        """The whole clip, from the store (a memory-mapped view) or decoded from its file."""
+        if self.store is not None:
+            return self.store.item(self.store_items[index])
+        return read_audio(self.rows.at[index, "path"]).numpy()
+
+    def crop(self, waveform, index: int, epoch: int | None = None):
         if self.max_samples is None or len(waveform) <= self.max_samples:
             return waveform
         spare = len(waveform) - self.max_samples
         if self.train:
-            seed = (self.seed * 7919 + self.epoch) * 1_000_003 + index
+            epoch = self.epoch if epoch is None else epoch
+            seed = (self.seed * 7919 + epoch) * 1_000_003 + index
             generator = torch.Generator().manual_seed(seed)
             start = int(torch.randint(spare + 1, (1,), generator=generator))
         else:
             start = spare // 2
         return waveform[start:start + self.max_samples]
+
+
+# --------------------------------------------------------------------------- waveform store
+RESAMPLING = "torchaudio.functional.resample, sinc_interp_hann, lowpass_filter_width=6"
+
+
+def waveform_store(manifest: pd.DataFrame, root: str | Path, dtype: str = "float32",
+                   verify: bool = False, workers: int | None = None,
+                   progress: bool = True) -> Store:
+    """Every clip of ``manifest`` decoded, downmixed and resampled to 16 kHz once, in one
+    memory-mapped array; built in parallel on first use, then reused while its key holds.
+
+    The key covers each audio file's identity (size and modification time, or with
+    ``verify=True`` a hash of its bytes), the sample rate, the resampling policy and the dtype.
+    """
+    paths = list(dict.fromkeys(manifest["path"]))  # unique, in manifest order
+    key = digest(json.dumps({"files": [file_stamp(p, content=verify) for p in paths],
+                             "rate": SAMPLE_RATE, "resampling": RESAMPLING, "dtype": dtype}))
+    durations = manifest.drop_duplicates("path")["duration"].to_numpy(float)
+
+    def build(path: Path) -> Store:
+        # durations are rounded in manifests: room for a few spare samples per clip
+        max_rows = int(np.ceil(durations * SAMPLE_RATE).sum()) + 64 * len(paths)
+        threads = workers or max(1, cpu_count())
+        with ThreadPoolExecutor(threads) as pool:  # decoding and resampling release the GIL
+            clips = pool.map(lambda p: read_audio(p).numpy().astype(dtype, copy=False), paths)
+            return build_store(path, key, clips, max_rows, None, dtype, {"paths": paths},
+                               desc="decoding audio", total=len(paths), progress=progress)
+
+    return keyed_store(root, "waveforms", key, build)
 
 
 def wants_attention_mask(config) -> bool:
@@ -319,28 +401,3 @@ def collate(batch: Sequence[dict[str, torch.Tensor]], attention_mask: bool) -> d
 def collate_for(config) -> partial:
     """The collate function a backbone with this config expects."""
     return partial(collate, attention_mask=wants_attention_mask(config))
-
-
-@dataclass
-class LengthBucketSampler(Sampler[list[int]]):
-    """Batches of similar length (little padding), in a new shuffled order every epoch."""
-
-    lengths: Sequence[int]
-    batch_size: int
-    shuffle: bool = True
-    seed: int = 0
-    epoch: int = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = np.argsort(np.asarray(self.lengths), kind="stable").tolist()
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
-        return iter(batches)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)

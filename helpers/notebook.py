@@ -13,8 +13,11 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from .data import PROJECT_ROOT, iemocap, load_manifest, msp_podcast, sample_manifest
-from .experiments import chosen_learning_rates
+from .config import RunConfig, code_version, digest
+from .data import PROJECT_ROOT, load_data  # noqa: F401  (notebooks import it from here)
+from .experiments import run_or_load, shown
+from .results import Result
+from .tables import chosen_learning_rates
 from .train import seed_everything
 
 REFERENCE_DIR = PROJECT_ROOT / "results" / "reference"
@@ -41,18 +44,6 @@ def setup(seed: int = 0, device: str | None = None) -> str:
     return device
 
 
-def load_data(spec: str = "bundled") -> pd.DataFrame:
-    """A manifest from one string: ``bundled``, ``msp:/path``, ``iemocap:/path`` or a CSV."""
-    if spec == "bundled":
-        return sample_manifest()
-    kind, _, path = spec.partition(":")
-    if kind == "msp":
-        return msp_podcast(path)
-    if kind == "iemocap":
-        return iemocap(path)
-    return load_manifest(spec)
-
-
 def smoke_subset(manifest: pd.DataFrame, per_split: int, seed: int = 0) -> pd.DataFrame:
     """At most ``per_split`` clips of each split (for quick test runs of the notebooks)."""
     parts = [rows.sample(min(per_split, len(rows)), random_state=seed)
@@ -60,19 +51,34 @@ def smoke_subset(manifest: pd.DataFrame, per_split: int, seed: int = 0) -> pd.Da
     return pd.concat(parts).reset_index(drop=True)
 
 
-def saved_or_computed(name: str, compute: Callable[[], object]):
-    """Load ``results/<name>.json`` if a previous run saved it; else compute, save, return.
+def saved_or_computed(name: str, compute: Callable[[], object], **inputs):
+    """Load the saved value of ``name`` for exactly these ``inputs`` (with the helpers' code
+    version) if a previous run saved one; else compute, save and return it.
 
-    Delete the file to measure again.
+    Pass as ``inputs`` everything the value depends on (``data=data_fingerprint(manifest)``,
+    the backbone, settings): a change in any of them computes afresh. Delete the file to
+    measure again.
     """
-    path = results_dir() / f"{name}.json"
+    key = digest(json.dumps({**inputs, "code": code_version()}, sort_keys=True, default=str))
+    path = results_dir() / "saved" / f"{name}-{key[:16]}.json"
     if path.is_file():
-        shown = path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
-        print(f"loaded {shown} (delete it to recompute)")
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            print(f"loaded the saved {name} (delete {shown(path)} to recompute)")
+            return saved["value"]
     value = compute()
-    path.write_text(json.dumps(value, default=float))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "inputs": inputs, "value": value}, default=float))
     return value
+
+
+def train(method: str, settings: RunConfig, manifest: pd.DataFrame,
+          lr: float | None = None) -> Result:
+    """Train ``method`` with the notebook's ``settings`` on ``manifest``, at ``lr`` or else at
+    the learning rate the bench chose for it on dev; or load the saved result of exactly this
+    run (see ``run_or_load``)."""
+    config = settings.with_(method=method, lr=lr or bench_learning_rate(method))
+    return run_or_load(config, manifest)
 
 
 def reference_results(stem: str) -> pd.DataFrame:
@@ -80,7 +86,7 @@ def reference_results(stem: str) -> pd.DataFrame:
     reference copy shipped in ``results/reference/``."""
     local = results_dir() / f"{stem}.jsonl"
     path = local if local.is_file() else REFERENCE_DIR / f"{stem}.jsonl"
-    print(f"results from {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
+    print(f"results from {shown(path)}")
     return pd.read_json(path, lines=True)
 
 

@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from .results import Result
+
 
 def tradeoff_figure(summary: pd.DataFrame, time_column: str = "seconds_per_epoch",
                     path: str | Path | None = None, title: str | None = None):
@@ -54,13 +56,13 @@ def layer_profile(probes: dict[str, pd.DataFrame], title: str = "what each layer
     return figure
 
 
-def learning_curves(records: dict[str, dict]):
-    """Training loss and dev CCC per epoch for one or more runs (records from ``run``)."""
+def learning_curves(results: dict[str, Result]):
+    """Training loss and dev CCC per epoch for one or more runs (``Result`` of ``run``)."""
     figure, (loss_axes, ccc_axes) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for name, record in records.items():
-        epochs = range(1, len(record["train_loss"]) + 1)
-        loss_axes.plot(epochs, record["train_loss"], marker="o", label=name)
-        ccc_axes.plot(epochs, record["dev_ccc"], marker="o", label=name)
+    for name, result in results.items():
+        epochs = range(1, len(result.train_loss) + 1)
+        loss_axes.plot(epochs, result.train_loss, marker="o", label=name)
+        ccc_axes.plot(epochs, result.dev_ccc, marker="o", label=name)
     loss_axes.set(xlabel="epoch", ylabel="training loss (1 - CCC)")
     ccc_axes.set(xlabel="epoch", ylabel="dev CCC (mean of A, V, D)")
     for axes in (loss_axes, ccc_axes):

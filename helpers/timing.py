@@ -6,6 +6,7 @@ and the first steps (allocator growth, kernel selection) must be discarded as wa
 
 from __future__ import annotations
 
+import platform
 import resource
 import statistics
 import sys
@@ -69,11 +70,25 @@ def count_flops(step: Callable[[], object]) -> int:
 
 
 def device_name(device: torch.device | str) -> str:
-    """A human-readable name of the device, recorded with every measurement."""
+    """A human-readable name of the device, recorded with every measurement: the GPU's model,
+    or the CPU's with its threads and whether it runs bf16 natively."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return (f"{cpu_name()} ({torch.get_num_threads()} threads, "
+            f"{'native' if native else 'emulated'} bf16)")
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what platform reports."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @contextmanager

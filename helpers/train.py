@@ -4,6 +4,7 @@ on dev CCC, and per-epoch checkpoints that let an interrupted run resume exactly
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -19,29 +20,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from .config import NOT_IN_FINGERPRINT, RunConfig
+from .loaders import to_device
+from .methods import parse_method
 from .metrics import ccc_loss, ccc_report
 from .timing import synchronize
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides how a model trains (sizes and names are the series' own)."""
-
-    num_epochs: int = 10
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    precision: str = "fp32"
-    patience: int | None = 3
-    device: str = "cpu"
-    seed: int = 0
-    checkpoint_dir: str | None = None
-    resume: bool = False
-    progress: bool = True
 
 
 @dataclass
@@ -89,12 +75,6 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32")
 
 
-def model_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """Everything in the batch but the labels (audio and lengths, or cached states and frame
-    counts), moved to ``device``."""
-    return {key: value.to(device) for key, value in batch.items() if key != "labels"}
-
-
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of the parameters that train: all a checkpoint needs besides the frozen model."""
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -119,87 +99,119 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str = "cpu",
     predictions, targets = [], []
     for batch in loader:
         with autocast(device, precision):
-            predictions.append(model(**model_inputs(batch, device)).float().cpu())
+            predictions.append(model(**to_device(batch, device)).float())
         targets.append(batch["labels"])
-    predictions, targets = torch.cat(predictions), torch.cat(targets)
+    predictions, targets = torch.cat(predictions).cpu(), torch.cat(targets)
     return {"predictions": predictions, "targets": targets,
             "ccc": ccc_report(predictions, targets)}
 
 
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler for fp16 (whose small gradients underflow without one); disabled
+    otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
 def train_step(model: nn.Module, batch: dict, optimizer, scaler, precision: str,
-               device: torch.device, max_grad_norm: float = 1.0) -> float | None:
-    """One optimisation step; returns the loss, or None if the step was skipped because the
-    loss or gradients were not finite (an fp16 overflow, or divergence)."""
+               device: torch.device, max_grad_norm: float = 1.0) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
+    """One optimisation step, without waiting for the device: returns the loss and whether
+    the step was skipped (a non-finite loss or gradient: an fp16 overflow, or divergence), both
+    as tensors on the device, to be read back every few steps rather than every step.
+
+    A skipped step leaves the weights and the optimizer's state untouched: the fused AdamW
+    kernel reads the ``found_inf`` flag on the device, as it does under a GradScaler.
+    """
     params = [p for group in optimizer.param_groups for p in group["params"]]
     with autocast(device, precision):
-        predictions = model(**model_inputs(batch, device))
-    loss = ccc_loss(predictions.float(), batch["labels"].to(device))  # the loss in fp32
+        predictions = model(**to_device(batch, device))
+    loss = ccc_loss(predictions.float(), batch["labels"].to(device, non_blocking=True))
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    finite = bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
-    if finite:
-        scaler.step(optimizer)
+    skipped = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # skips on the device when the scaler found inf/NaN
+    else:
+        optimizer.found_inf = skipped.float()
+        optimizer.step()
+        del optimizer.found_inf
     scaler.update()
-    return loss.item() if finite else None
+    return loss.detach(), skipped
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scaler,
-                    config: TrainConfig, precision: str, progress: tqdm | None) -> dict:
-    """One pass over ``loader``; returns the mean loss and how many steps were skipped."""
+                    config: RunConfig, precision: str, progress: tqdm | None) -> dict:
+    """One pass over ``loader``: the mean loss, the steps skipped, and where the time went
+    (seconds waiting for the loader, and the rest: compute, synchronised at the end)."""
     device = torch.device(config.device)
     model.train()
-    losses, skipped = [], 0
-    for batch in loader:
-        loss = train_step(model, batch, optimizer, scaler, precision, device,
-                          config.max_grad_norm)
-        if loss is None:
-            skipped += 1
-        else:
-            losses.append(loss)
+    loss_sum = torch.zeros((), device=device)
+    skipped = torch.zeros((), device=device, dtype=torch.long)
+    steps, waited = 0, 0.0
+    synchronize(device)
+    start = time.perf_counter()
+    batches = iter(loader)
+    while True:
+        fetch = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - fetch
+        if batch is None:
+            break
+        loss, step_skipped = train_step(model, batch, optimizer, scaler, precision, device,
+                                         config.max_grad_norm)
+        loss_sum += torch.where(step_skipped, 0.0, loss)
+        skipped += step_skipped
         scheduler.step()
+        steps += 1
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "nan")
-    return {"train_loss": sum(losses) / max(len(losses), 1), "skipped_steps": skipped}
+            if steps % config.log_every == 0:  # the only read-back: every log_every steps
+                progress.set_postfix(loss=f"{(loss_sum / max(steps - int(skipped), 1)).item():.3f}")
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    skipped = int(skipped)
+    return {"train_loss": float(loss_sum) / max(steps - skipped, 1), "skipped_steps": skipped,
+            "steps": steps, "seconds": seconds, "data_wait_seconds": waited,
+            "compute_seconds": seconds - waited}
 
 
 def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
-        config: TrainConfig, on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
+        config: RunConfig, precision: str | None = None,
+        on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
     """Train the parameters that require grad; keep the weights of the best dev-CCC epoch.
 
-    With ``checkpoint_dir`` set, every epoch ends with an atomic checkpoint of the trainable
-    weights, optimizer, scheduler, scaler and RNG state; ``resume=True`` picks it up and the
-    run continues exactly as if it had never stopped.
+    ``precision`` defaults to the one ``config.method`` names. With ``checkpoint_dir`` set,
+    every epoch ends with an atomic checkpoint of the trainable weights, optimizer, scheduler,
+    scaler and RNG state; ``resume=True`` picks it up (only if it was written by a run with the
+    same settings) and the run continues exactly as if it had never stopped.
     """
+    config = config.resolved()
     device = torch.device(config.device)
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(precision or parse_method(config.method).precision, device)
     model.to(device)
     seed_everything(config.seed)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     total_steps = config.num_epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = make_scaler(precision, device)
     result, best_state = FitResult(), trainable_state(model)
     checkpoint = Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
+    settings = checkpoint_settings(config, precision)
     if config.resume and checkpoint is not None and checkpoint.is_file():
-        best_state = _restore(checkpoint, model, optimizer, scheduler, scaler, result)
+        best_state = _restore(checkpoint, model, optimizer, scheduler, scaler, result, settings)
     progress = tqdm(total=total_steps, initial=len(result.history) * len(train_loader),
-                    desc="training", disable=not config.progress)
+                    desc="training", disable=not config.progress, mininterval=5)
     for epoch in range(len(result.history), config.num_epochs):
         if _patience_exhausted(result, config.patience):
             break
         for part in (train_loader.batch_sampler, train_loader.dataset):
             if hasattr(part, "set_epoch"):
                 part.set_epoch(epoch)
-        synchronize(device)
-        start = time.perf_counter()
         record = {"epoch": epoch, **train_one_epoch(model, train_loader, optimizer, scheduler,
                                                     scaler, config, precision, progress)}
-        synchronize(device)
-        record["seconds"] = time.perf_counter() - start
         record.update({f"dev_{k}": v for k, v in
                        evaluate(model, dev_loader, config.device, precision)["ccc"].items()})
         result.history.append(record)
@@ -208,7 +220,7 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
             result.best_epoch, result.best_dev_ccc = epoch, record["dev_mean"]
             best_state = trainable_state(model)
         if checkpoint is not None:
-            _save(checkpoint, model, optimizer, scheduler, scaler, result, best_state)
+            _save(checkpoint, model, optimizer, scheduler, scaler, result, best_state, settings)
         if on_epoch_end is not None:
             on_epoch_end(record)
     progress.close()
@@ -216,17 +228,24 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
     return result
 
 
+def checkpoint_settings(config: RunConfig, precision: str) -> dict:
+    """What a checkpoint must share with the run that resumes it: every setting that changes
+    the weights (learning rate, epochs, batches, seed, ...), and the precision."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_FINGERPRINT}
+    return {**settings, "precision": precision}
+
+
 def _patience_exhausted(result: FitResult, patience: int | None) -> bool:
     return patience is not None and len(result.history) - 1 - result.best_epoch >= patience
 
 
 def _save(path: Path, model, optimizer, scheduler, scaler, result: FitResult,
-          best_state: dict) -> None:
+          best_state: dict, settings: dict) -> None:
     """The checkpoint of a fit: trainable weights, optimizer, scheduler, scaler, RNG state."""
     state = {"trainable": trainable_state(model), "best_trainable": best_state,
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict(), "result": asdict(result),
-             **rng_state()}
+             "settings": json.dumps(settings), **rng_state()}
     atomic_save(state, path)
 
 
@@ -238,9 +257,17 @@ def atomic_save(state: dict, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def _restore(path: Path, model, optimizer, scheduler, scaler, result: FitResult) -> dict:
-    """Load a checkpoint in place (tensors and plain containers only: ``weights_only=True``)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def _restore(path: Path, model, optimizer, scheduler, scaler, result: FitResult,
+             settings: dict) -> dict:
+    """Load a checkpoint in place (tensors and plain containers only: ``weights_only=True``),
+    refusing one written by a run with other settings."""
+    state = load_checkpoint(path)
+    saved = json.loads(state.get("settings", "{}"))
+    changed = sorted(k for k in settings if saved.get(k) != settings[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} then, {settings[k]!r} now" for k in changed)
+        raise CheckpointError(f"{path} was written by a run with other settings ({details}); "
+                              "resume with the same settings, or delete it to start afresh")
     load_trainable_state(model, state["trainable"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -249,6 +276,21 @@ def _restore(path: Path, model, optimizer, scheduler, scaler, result: FitResult)
         setattr(result, key, value)
     set_rng_state(state)
     return state["best_trainable"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed; the message names the file and what to do."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    """``torch.load`` with tensors and plain containers only, and a clear error for a file
+    that is empty, truncated or not a checkpoint."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's zip reader and unpickler raise many kinds
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:120]}); it may be truncated by a "
+                              "crash or a full disk: delete it to start afresh") from error
 
 
 def seed_everything(seed: int) -> None:

@@ -56,7 +56,8 @@ class ToneDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.frequencies)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index = key[0] if isinstance(key, tuple) else key  # samplers yield (index, epoch)
         wave = torch.sin(2 * torch.pi * self.frequencies[index] * self.t)
         return {"input_values": wave, "labels": self.labels[index]}
 

@@ -8,6 +8,7 @@ from transformers import Wav2Vec2Model
 from helpers.cache import (CachedDataset, StaleCacheError, build_cache, cache_key, collate_cached,
                            get_cache)
 from helpers.data import SpeechDataset, collate_for
+from helpers.loaders import to_device
 from helpers.metrics import ccc_loss
 from helpers.model import EmotionRegressor
 from helpers.surgery import split_at_layer
@@ -52,9 +53,10 @@ def test_a_cached_step_equals_a_partial_step(tmp_path, manifest_rows, variant, m
     cached_model = split_model(variant)
     cache = CachedDataset(build_cache(cached_model.prefix, dataset, tmp_path / "c", progress=False))
     cached_batch = collate_cached([cache[i] for i in range(len(cache))])
-    cached_loss, cached_grads = step(cached_model, cached_model.suffix, {
-        "hidden": cached_batch["hidden"], "frame_lengths": cached_batch["frame_lengths"]},
-        cached_batch["labels"])
+    assert cached_batch["hidden"].dtype == torch.float16  # cast where it is used
+    cached_loss, cached_grads = step(cached_model, cached_model.suffix,
+                                     to_device(cached_batch, torch.device("cpu")),
+                                     cached_batch["labels"])
 
     assert set(cached_grads) == set(live_grads)
     assert cached_loss == pytest.approx(live_loss, abs=1e-4)
@@ -71,7 +73,7 @@ def test_cache_is_rebuilt_when_any_input_changes(tmp_path, manifest_rows):
     first = get_cache(model.prefix, dataset, tmp_path)
     assert len(first) == 2 and first[0]["hidden"].dtype == torch.float16
     key = cache_key(model.prefix, dataset)
-    assert get_cache(model.prefix, dataset, tmp_path).index["key"] == key  # reused
+    assert get_cache(model.prefix, dataset, tmp_path).store.key == key  # reused
 
     changed_labels = manifest.assign(arousal=manifest["arousal"] + 0.5)
     assert cache_key(model.prefix, SpeechDataset(changed_labels, "train")) != key
@@ -103,20 +105,19 @@ def test_an_interrupted_build_leaves_nothing_that_is_served(tmp_path, manifest_r
     calls = {"n": 0}
     real_getitem = SpeechDataset.__getitem__
 
-    def crash_on_second_clip(self, index):
+    def crash_on_second_clip(self, key):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real_getitem(self, index)
+        return real_getitem(self, key)
 
     monkeypatch.setattr(SpeechDataset, "__getitem__", crash_on_second_clip)
     with pytest.raises(KeyboardInterrupt):
         get_cache(model.prefix, dataset, root)
     monkeypatch.setattr(SpeechDataset, "__getitem__", real_getitem)
-    complete = [p for p in root.iterdir() if ".partial" not in p.name]
-    assert complete == []
-    with pytest.raises(FileNotFoundError, match="not a complete cache"):
-        CachedDataset(next(root.iterdir()))
+    assert list(root.iterdir()) == []  # neither a store nor the partial build is left
+    with pytest.raises(FileNotFoundError, match="not a complete store"):
+        CachedDataset(root / "layer1-anything")
     assert len(get_cache(model.prefix, dataset, root)) == 2  # rebuilt on the next run
 
 

@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers.data import (DIMENSIONS, AudioError, LengthBucketSampler, ManifestError,
+from helpers.data import (DIMENSIONS, AudioError, ManifestError,
                           SpeechDataset, collate_for, from_common, load_manifest,
                           read_audio, to_common, validate_manifest)
 
@@ -87,19 +87,6 @@ def test_training_crops_are_random_per_epoch_and_evaluation_crops_are_fixed(mani
     assert torch.equal(train[1]["input_values"], again[1]["input_values"])
     dev = SpeechDataset(manifest, "dev", max_seconds=0.1)
     assert torch.equal(dev[0]["input_values"], dev[0]["input_values"])
-
-
-def test_length_buckets_group_similar_lengths_and_reshuffle():
-    lengths = [10, 90, 20, 80, 30, 70, 40, 60]
-    sampler = LengthBucketSampler(lengths, batch_size=2, seed=0)
-    batches = list(sampler)
-    assert sorted(i for b in batches for i in b) == list(range(8))
-    assert all(abs(lengths[a] - lengths[b]) == 10 for a, b in batches)
-    orders = set()
-    for epoch in range(5):
-        sampler.set_epoch(epoch)
-        orders.add(tuple(map(tuple, sampler)))
-    assert len(orders) > 1
 
 
 def test_load_manifest_resolves_relative_paths(tmp_path, manifest_rows):

@@ -5,9 +5,12 @@ import pytest
 import torch
 from transformers import Wav2Vec2Model
 
-from helpers.__main__ import GridRunner, parser
-from helpers.experiments import (chosen_learning_rates, lr_search_table, methods_to_search,
-                                 parse_method, run, summary_table, time_method)
+from helpers.bench import GridRunner, Job
+from helpers.config import RunConfig
+from helpers.experiments import run, time_method
+from helpers.methods import parse_method
+from helpers.tables import (chosen_learning_rates, lr_search_table, methods_to_search,
+                            summary_table)
 
 from conftest import small_config
 
@@ -34,8 +37,9 @@ def test_method_names_round_trip_and_nonsense_is_refused():
 
 def test_every_method_trains_and_reports(tmp_path, manifest_rows, backbone_dir):
     manifest = pd.DataFrame(manifest_rows)
-    records = {m: run(m, manifest, backbone=backbone_dir, num_epochs=2, batch_size=2,
-                      cache_dir=tmp_path, progress=False) for m in ALL_METHODS}
+    settings = RunConfig(backbone=backbone_dir, device="cpu", num_epochs=2,
+                         max_batch_seconds=1.6, results_root=str(tmp_path), progress=False)
+    records = {m: run(settings.with_(method=m), manifest).to_dict() for m in ALL_METHODS}
     params = {m: r["trainable_params"] for m, r in records.items()}
     assert params["full+cnn"] > params["full"] > params["partial(1)"] > params["weighted-sum"]
     assert params["cached(1)"] == params["partial(1)"] and params["lora(4)"] < params["full"]
@@ -48,7 +52,7 @@ def test_every_method_trains_and_reports(tmp_path, manifest_rows, backbone_dir):
 
 def test_timing_counts_fewer_flops_for_cheaper_methods(backbone_dir):
     flops = {m: time_method(m, backbone=backbone_dir, num_steps=1, warmup=1,
-                            seconds=1.0)["flops_per_step"]
+                            clip_seconds=1.0).flops_per_step
              for m in ["full+cnn", "full", "partial(1)", "cached(1)"]}
     assert flops["full+cnn"] > flops["full"] > flops["partial(1)"] > flops["cached(1)"] > 0
 
@@ -98,19 +102,19 @@ def test_an_interrupted_bench_resumes_without_rerunning_finished_runs(tmp_path, 
     ran = []
 
     def run_one(runner, job):
-        ran.append(job)
-        return {"method": job[0], "seed": job[1], "lr": job[2], "backbone": "tiny",
-                "num_epochs": runner.args.epochs, "batch_size": runner.args.batch_size}
+        ran.append(job.label)
+        return {"method": job.label, "fingerprint": job.fingerprint}
 
     monkeypatch.setattr(GridRunner, "run_one", run_one)
-    args = parser().parse_args(["bench", "--out-dir", str(tmp_path)])
     path = tmp_path / "bench.jsonl"
-    GridRunner(args, path).run([("full", 0, 1e-4)])  # then the bench is interrupted
-    args.resume = True
-    records = GridRunner(args, path).run([("full", 0, 1e-4), ("full", 1, 1e-4)])
-    assert ran == [("full", 0, 1e-4), ("full", 1, 1e-4)] and len(records) == 2
-    args.epochs = 2  # other settings: nothing is reused
-    GridRunner(args, path).run([("full", 0, 1e-4)])
-    args.resume = False  # a fresh bench starts an empty file
-    GridRunner(args, path).run([("full", 0, 1e-4)])
+    first, second = Job("run", (), "print-a", label="a"), Job("run", (), "print-b", label="b")
+    GridRunner(path).run([first])  # then the bench is interrupted: the record is in .partial
+    assert not path.exists()
+    records = GridRunner(path, resume=True).run([first, second])
+    assert ran == ["a", "b"] and len(records) == 2
+    other = Job("run", (), "print-a2", label="a2")  # other settings: another fingerprint
+    GridRunner(path, resume=True).run([other])
+    assert ran == ["a", "b", "a2"]
+    runner = GridRunner(path)  # a fresh bench starts an empty partial file...
+    runner.finish(runner.run([first]))  # ...and replaces the results only when done
     assert len(ran) == 4 and len(path.read_text().splitlines()) == 1

@@ -5,10 +5,12 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Wav2Vec2Model
 
-from helpers.data import LengthBucketSampler, collate
+from helpers.config import RunConfig
+from helpers.data import collate
+from helpers.loaders import DurationBatchSampler
 from helpers.model import EmotionRegressor
 from helpers.surgery import freeze_feature_encoder
-from helpers.train import TrainConfig, evaluate, fit, make_optimizer, resolve_precision
+from helpers.train import evaluate, fit, make_optimizer, resolve_precision
 
 from conftest import ToneDataset, small_config
 
@@ -20,7 +22,8 @@ def tone_model(seed: int = 0) -> EmotionRegressor:
 
 def tone_loaders(size: int = 32):
     def make(seed: int, shuffle: bool) -> DataLoader:
-        sampler = LengthBucketSampler([1] * size, batch_size=8, shuffle=shuffle, seed=seed)
+        sampler = DurationBatchSampler([0.4] * size, max_batch_seconds=3.2, shuffle=shuffle,
+                                       seed=seed)  # 8 clips of 0.4 s
         return DataLoader(ToneDataset(size, seed=seed), batch_sampler=sampler,
                           collate_fn=partial(collate, attention_mask=False))
     return make(0, True), make(1, False)
@@ -29,7 +32,7 @@ def tone_loaders(size: int = 32):
 def test_fit_lowers_the_loss_on_a_learnable_problem():
     model = tone_model()
     train_loader, dev_loader = tone_loaders()
-    config = TrainConfig(num_epochs=12, lr=3e-3, warmup_ratio=0.0, patience=None,
+    config = RunConfig(device="cpu", num_epochs=12, lr=3e-3, warmup_ratio=0.0, patience=None,
                          progress=False)
     result = fit(model, train_loader, dev_loader, config)
     losses = [record["train_loss"] for record in result.history]
@@ -42,14 +45,14 @@ def test_fit_lowers_the_loss_on_a_learnable_problem():
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
     config = dict(num_epochs=2, lr=1e-3, patience=None, progress=False)
     reference = tone_model()
-    fit(reference, *tone_loaders(16), TrainConfig(**config))
+    fit(reference, *tone_loaders(16), RunConfig(device="cpu", **config))
 
     def crash_after_first_epoch(record):
         if record["epoch"] == 0:
             raise KeyboardInterrupt
 
     interrupted = tone_model()
-    run = TrainConfig(**config, checkpoint_dir=str(tmp_path), resume=True)
+    run = RunConfig(device="cpu", **config, checkpoint_dir=str(tmp_path), resume=True)
     with pytest.raises(KeyboardInterrupt):
         fit(interrupted, *tone_loaders(16), run, on_epoch_end=crash_after_first_epoch)
     resumed = tone_model()  # a fresh process would rebuild the model from scratch
@@ -62,7 +65,7 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
 
 def test_checkpoint_holds_only_trainable_weights_and_loads_safely(tmp_path):
     model = tone_model()
-    fit(model, *tone_loaders(8), TrainConfig(num_epochs=1, progress=False,
+    fit(model, *tone_loaders(8), RunConfig(device="cpu", num_epochs=1, progress=False,
                                               checkpoint_dir=str(tmp_path)))
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -71,19 +74,19 @@ def test_checkpoint_holds_only_trainable_weights_and_loads_safely(tmp_path):
 
 
 def test_a_checkpoint_from_another_model_is_refused(tmp_path):
-    fit(tone_model(), *tone_loaders(8), TrainConfig(num_epochs=1, progress=False,
+    fit(tone_model(), *tone_loaders(8), RunConfig(device="cpu", num_epochs=1, progress=False,
                                                      checkpoint_dir=str(tmp_path)))
     other = tone_model()
     other.backbone.encoder.requires_grad_(False)
     with pytest.raises(RuntimeError, match="does not match"):
-        fit(other, *tone_loaders(8), TrainConfig(num_epochs=2, progress=False,
+        fit(other, *tone_loaders(8), RunConfig(device="cpu", num_epochs=1, progress=False,
                                                   checkpoint_dir=str(tmp_path), resume=True))
 
 
 def test_bf16_autocast_trains_on_cpu():
     model = tone_model()
-    result = fit(model, *tone_loaders(16), TrainConfig(num_epochs=1, precision="bf16",
-                                                       progress=False))
+    result = fit(model, *tone_loaders(16), RunConfig(device="cpu", num_epochs=1,
+                                                     progress=False), precision="bf16")
     assert result.skipped_steps == 0 and torch.isfinite(torch.tensor(result.best_dev_ccc))
 
 

@@ -13,7 +13,9 @@ import math
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,12 +23,13 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 from torch import nn
+from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 from transformers import Wav2Vec2Model, get_linear_schedule_with_warmup
 
 from ..backbone import tiny_config
 from .corpus import apply_effort, draw_prosody, speak, trim_silence
-from ..data import LengthBucketSampler, SAMPLE_RATE, collate, normalize
+from ..data import SAMPLE_RATE, collate, normalize
 from ..train import atomic_save, make_optimizer, rng_state, seed_everything, set_rng_state
 
 # Voices (espeak voice+variant) not used by the emotion corpus's speakers.
@@ -83,6 +86,33 @@ PEOPLE = ["someone", "nobody", "the farmer", "the baker", "the driver", "the pai
 WHEN = ["on monday", "on tuesday", "on friday", "in june", "in april", "in october",
         "at noon", "at dawn", "at midnight", "in the evening", "in winter", "in summer",
         "every sunday", "twice", "once again", "later on", "yesterday", "at five"]
+
+
+@dataclass
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of similar length (little padding), in a new shuffled order every epoch: the
+    pretraining recipe's batching, kept as it was so the recipe reruns bit for bit."""
+
+    lengths: Sequence[int]
+    batch_size: int
+    shuffle: bool = True
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.argsort(np.asarray(self.lengths), kind="stable").tolist()
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
 
 
 def pretraining_sentences(rng, count: int) -> list[str]:

@@ -1,0 +1,163 @@
+"""What a run measured, as typed records, and how their columns are named and shown.
+
+``Result`` is one training run, ``TimingResult`` one timed training step; both carry the
+fingerprint of everything that produced them. ``COLUMNS`` gives every column its display name
+(with the unit) once; tables and plots read it through ``label`` and ``display``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(kw_only=True)
+class Record:
+    """What every record shares: what ran, where, how big it is, and what produced it."""
+
+    method: str
+    kind: str
+    layers_or_rank: int | None
+    backbone: str
+    device: str
+    precision: str
+    seed: int
+    trainable_params: int
+    total_params: int
+    fingerprint: str
+    code_version: str
+    torch: str
+    python: str
+    peak_rss_mib: float | None = None
+    peak_allocated_mib: float | None = None
+    peak_reserved_mib: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Record":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass(kw_only=True)
+class Result(Record):
+    """One training run: its settings, where the time went, and its scores."""
+
+    mode: str = "train"
+    data: str
+    config: dict
+    lr: float
+    num_epochs: int
+    max_batch_seconds: float
+    seconds_per_epoch: float
+    samples_per_second: float
+    audio_seconds_per_second: float
+    data_wait_seconds: list[float]
+    compute_seconds: list[float]
+    data_wait_share: float
+    best_epoch: int
+    skipped_steps: int
+    train_loss: list[float]
+    dev_ccc: list[float]
+    test_ccc_arousal: float
+    test_ccc_valence: float
+    test_ccc_dominance: float
+    test_ccc_mean: float
+    test_predictions: list[list[float]] = field(default_factory=list)
+    test_targets: list[list[float]] = field(default_factory=list)
+    cache_build_seconds: float | None = None
+    cache_bytes: int | None = None
+
+
+@dataclass(kw_only=True)
+class TimingResult(Record):
+    """One training step timed on random audio: speed, memory and arithmetic, no training."""
+
+    mode: str = "timing"
+    batch_size: int
+    clip_seconds: float
+    seconds_per_step: float
+    step_times: list[float]
+    audio_seconds_per_second: float
+    flops_per_step: int
+    first_losses: list[float]
+    cache_seconds_per_batch: float | None = None
+
+
+# column -> display name (unit): the one place tables and figures take their labels from
+COLUMNS = {
+    "method": "method", "lr": "lr", "seconds_per_epoch": "s/epoch",
+    "seconds_per_step": "s/step", "samples_per_second": "clips/s",
+    "audio_seconds_per_second": "audio s/s", "data_wait_share": "data wait (share)",
+    "peak_rss_mib": "peak RSS (MiB)", "peak_allocated_mib": "peak allocated (MiB)",
+    "peak_reserved_mib": "peak reserved (MiB)", "trainable_params": "trainable (M)",
+    "cache_build_seconds": "cache build (s)", "cache_bytes": "cache (MiB)",
+    "ccc_mean": "CCC (mean)", "ccc_sd": "CCC sd", "ccc": "CCC (mean ± sd)", "seeds": "seeds",
+    "ccc_arousal": "arousal", "ccc_valence": "valence", "ccc_dominance": "dominance",
+    "test_ccc_mean": "test CCC", "time_reduction": "time saved",
+    "gflops_per_step": "GFLOP/step", "flop_predicted_reduction": "FLOPs predict",
+    "time_over_flop_ratio": "time / FLOP-predicted time",
+}
+SCALE = {"trainable_params": 1e-6, "cache_bytes": 2**-20}  # shown in M and MiB
+
+
+def label(column: str) -> str:
+    """The display name of a column (the column itself when it has none)."""
+    return COLUMNS.get(column, column)
+
+
+def display(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` with display names and units, ready to print."""
+    table = table.copy()
+    for column, factor in SCALE.items():
+        if column in table:
+            table[column] = (table[column] * factor).round(2)
+    if {"ccc_mean", "ccc_sd"} <= set(table.columns):
+        spread = table["ccc_sd"].map(lambda sd: "" if pd.isna(sd) else f" ± {sd:.3f}")
+        table.insert(table.columns.get_loc("ccc_mean"), "ccc",
+                     table["ccc_mean"].map("{:.3f}".format) + spread)
+        table = table.drop(columns=["ccc_mean", "ccc_sd"])
+    table.index.name = label(table.index.name) if table.index.name else None
+    return table.rename(columns=label)
+
+
+def append_record(record: Record | dict, path: str | Path) -> None:
+    """Append one record to a JSON-lines results file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = record.to_dict() if isinstance(record, Record) else record
+    with path.open("a") as stream:
+        stream.write(json.dumps(values) + "\n")
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file; a line cut short by a crash is left out, with a
+    warning naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"warning: {path}:{number} is not a complete record (cut short?); skipped")
+    return records
+
+
+def write_records(records: list[dict], path: str | Path) -> None:
+    """Replace ``path`` with ``records`` atomically: the old file stays until the new one is
+    complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    temporary.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(temporary, path)
