@@ -10,7 +10,7 @@ from helpers.data import collate
 from helpers.loaders import DurationBatchSampler
 from helpers.model import EmotionRegressor
 from helpers.surgery import freeze_feature_encoder
-from helpers.train import evaluate, fit, make_optimizer, resolve_precision
+from helpers.train import CheckpointError, evaluate, fit, make_optimizer, resolve_precision
 
 from conftest import ToneDataset, small_config
 
@@ -105,3 +105,22 @@ def test_the_optimizer_holds_exactly_the_trainable_parameters():
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         make_optimizer(model, lr=1e-4)
+
+
+def test_resuming_with_other_settings_is_refused_by_name(tmp_path):
+    fit(tone_model(), *tone_loaders(8), RunConfig(device="cpu", num_epochs=2, progress=False,
+                                                   checkpoint_dir=str(tmp_path), lr=1e-3),
+        on_epoch_end=lambda record: None)
+    with pytest.raises(CheckpointError, match="lr: 0.001 then, 0.0005 now"):
+        fit(tone_model(), *tone_loaders(8), RunConfig(device="cpu", num_epochs=2,
+                                                       progress=False, lr=5e-4, resume=True,
+                                                       checkpoint_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"])
+def test_an_empty_or_truncated_checkpoint_is_named(tmp_path, content):
+    (tmp_path / "last.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="last.pt: not a readable checkpoint"):
+        fit(tone_model(), *tone_loaders(8), RunConfig(device="cpu", num_epochs=1,
+                                                       progress=False, resume=True,
+                                                       checkpoint_dir=str(tmp_path)))
