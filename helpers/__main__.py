@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -151,6 +153,9 @@ def parser() -> argparse.ArgumentParser:
                      "the CPU cores (timings are then per share; use 1 for timing)")
     sub.add_argument("--results-root", default=defaults.results_root,
                      help="where waveform stores and layer caches go (under cache/)")
+    sub.add_argument("--verify-audio", action="store_true", help="key the waveform store and "
+                     "results by a hash of every audio file (slower; catches files rewritten "
+                     "with their size and time restored)")
     sub.add_argument("--out-dir", default=str(RESULTS_DIR))
     sub.add_argument("--resume", action="store_true", help="keep the finished runs with the "
                      "same fingerprint (an interrupted bench goes on)")
@@ -185,8 +190,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse, run, and turn a user's mistake into one line that says what to do (set
+    ``HELPERS_TRACEBACK=1`` for the traceback)."""
+    from .experiments import RunFailed
+    from .store import DiskSpaceError, StaleStoreError
+    from .train import CheckpointError, TrainingFailed
+
     args = parser().parse_args(argv)
-    args.function(args)
+    try:
+        args.function(args)
+    except (ValueError, FileNotFoundError, DiskSpaceError, StaleStoreError, CheckpointError,
+            TrainingFailed, RunFailed) as error:
+        if os.environ.get("HELPERS_TRACEBACK"):
+            raise
+        sys.exit(f"python -m helpers {args.command}: error: {error}")
 
 
 if __name__ == "__main__":

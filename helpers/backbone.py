@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -71,11 +72,50 @@ def load_backbone(spec: str = "tiny", seed: int = 0) -> Wav2Vec2Model:
         return Wav2Vec2Model(PRESETS[spec]())
     if spec.startswith("random:"):
         raise ValueError(f"unknown preset {spec!r}; choose one of {sorted(PRESETS)}")
-    if Path(spec).exists() and not (Path(spec) / "config.json").is_file():
-        raise FileNotFoundError(f"{spec} has no config.json; save a backbone there with "
-                                "model.save_pretrained(folder) or pass a Hub id.")
-    return Wav2Vec2Model.from_pretrained(spec)  # a local folder, or a Hub id such as
-    #                                            facebook/wav2vec2-base (downloads and caches)
+    return Wav2Vec2Model.from_pretrained(checkpoint_location(spec))
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def checkpoint_location(spec: str) -> str:
+    """``spec`` checked as a local folder or a Hub id, with an error that says which it was
+    taken for: a path that does not exist is named as such rather than sent to the Hub, and a
+    Hub id that is neither cached nor reachable fails at once with an offline hint."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{spec} has no config.json; save a backbone there with "
+                                    "model.save_pretrained(folder), or pass a Hub id")
+        return str(path)
+    if not HUB_ID.match(spec) or spec.startswith((".", "~")):
+        raise FileNotFoundError(f"{spec}: no such folder (and not a Hub id such as "
+                                "facebook/wav2vec2-base); check the path")
+    if hub_cached(spec) or hub_reachable():
+        return spec
+    raise FileNotFoundError(f"{spec}: not a local folder, not in the Hugging Face cache, and "
+                            "the Hub cannot be reached (offline?). If you meant a folder, check "
+                            "the path; if a Hub id, connect once to download it")
+
+
+def hub_cached(spec: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(spec, "config.json"), str)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers within ``timeout`` seconds (and offline mode is off)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def backbone_config(spec: str = "tiny") -> Wav2Vec2Config:
@@ -86,7 +126,7 @@ def backbone_config(spec: str = "tiny") -> Wav2Vec2Config:
         return PRESETS[spec]()
     if spec.startswith("random:"):
         raise ValueError(f"unknown preset {spec!r}; choose one of {sorted(PRESETS)}")
-    return Wav2Vec2Config.from_pretrained(spec)
+    return Wav2Vec2Config.from_pretrained(checkpoint_location(spec))
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -113,8 +113,9 @@ def training_bench(args: argparse.Namespace, methods: list[str], runner: GridRun
 
     settings = RunConfig(backbone=args.backbone, data=args.data, device=args.device,
                          num_epochs=args.epochs, max_batch_seconds=args.batch_seconds,
-                         results_root=args.results_root, progress=False).resolved()
-    data = data_fingerprint(load_data(args.data))
+                         results_root=args.results_root, verify_audio=args.verify_audio,
+                         progress=False).resolved()
+    data = data_fingerprint(load_data(args.data), args.verify_audio)
     rates = args.lrs
     search = [training_job(settings.with_(method=m, lr=rate), data)
               for rate in rates for m in methods_to_search(methods)]
@@ -153,6 +154,9 @@ def bench(args: argparse.Namespace) -> None:
     from .tables import summary_table
     from .train import bf16_is_fast
 
+    from .config import resolve_device
+
+    resolve_device(args.device)  # a device that is not there is refused before anything runs
     if args.loader_only:
         from .loader_bench import loader_bench
 

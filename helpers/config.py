@@ -36,6 +36,7 @@ class RunConfig:
     max_batch_seconds: float = 32.0   # audio per batch, padding included (8 clips of 4 s)
     max_clip_seconds: float = 4.0     # training crops a random window this long
     seed: int = 0
+    verify_audio: bool = False        # key stores by a hash of each audio file, not size+time
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1         # share of the steps spent warming the rate up
     max_grad_norm: float = 1.0

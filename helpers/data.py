@@ -31,6 +31,7 @@ DIMENSIONS = ("arousal", "valence", "dominance")
 SPLITS = ("train", "dev", "test")
 MANIFEST_COLUMNS = ("path", *DIMENSIONS, "split", "speaker", "duration", "label_min", "label_max")
 MIN_SECONDS = 0.1
+MAX_PROBLEMS_SHOWN = 30
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = PROJECT_ROOT / "data_sample"
 
@@ -99,18 +100,39 @@ def load_manifest(csv_path: str | Path, label_range: tuple[float, float] | None 
     A CSV without ``duration`` gets it from the audio headers.
     """
     csv_path = Path(csv_path)
-    manifest = pd.read_csv(csv_path)
+    manifest = read_table(csv_path)
     if "label_min" not in manifest or "label_max" not in manifest:
         if label_range is None:
             raise ManifestError(f"{csv_path}: no label_min/label_max columns; pass "
                                 "label_range=(low, high) to say which scale the labels use.")
         manifest["label_min"], manifest["label_max"] = label_range
     base = Path(root) if root is not None else csv_path.parent
-    manifest["path"] = [str(p if Path(p).is_absolute() else base / p) for p in manifest["path"]]
-    if "duration" not in manifest:
-        manifest["duration"] = [_duration_or_nan(p) for p in manifest["path"]]
+    if "path" in manifest:
+        manifest["path"] = [p if _blank(p) or Path(p).is_absolute() else str(base / p)
+                            for p in manifest["path"]]
+    if "duration" not in manifest and "path" in manifest:
+        manifest["duration"] = [math.nan if _blank(p) else _duration_or_nan(p)
+                                for p in manifest["path"]]
     validate_manifest(manifest, source=str(csv_path))
     return manifest
+
+
+def read_table(csv_path: Path) -> pd.DataFrame:
+    """``pd.read_csv`` with an error that names the file for a missing, empty or broken one."""
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: manifest not found; check the path (DATA, "
+                                "--data)")
+    try:
+        return pd.read_csv(csv_path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{csv_path}: not a readable CSV table "
+                            f"({str(error).splitlines()[0]}); a manifest has a header row and "
+                            f"the columns {list(MANIFEST_COLUMNS)}") from error
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or \
+        (isinstance(value, str) and not value.strip())
 
 
 def _duration_or_nan(path: str) -> float:
@@ -127,14 +149,11 @@ def manifest_problems(manifest: pd.DataFrame, check_audio: bool = True) -> list[
         return [f"missing columns {missing}; a manifest needs {list(MANIFEST_COLUMNS)}"]
     problems = []
     for row, item in manifest.iterrows():
+        if _blank(item["path"]):
+            problems.append(f"row {row}: the path is empty; fill it in or drop the row")
+            continue
         where = f"row {row} ({item['path']})"
-        for dim in DIMENSIONS:
-            value = item[dim]
-            if pd.isna(value):
-                problems.append(f"{where}: {dim} is missing (NaN); fill it in or drop the row")
-            elif not item["label_min"] <= value <= item["label_max"]:
-                problems.append(f"{where}: {dim}={value} is outside the declared range "
-                                f"[{item['label_min']}, {item['label_max']}]")
+        problems += _number_problems(where, item)
         if item["split"] not in SPLITS:
             problems.append(f"{where}: split {item['split']!r} is not one of {list(SPLITS)}")
         if check_audio:
@@ -142,6 +161,32 @@ def manifest_problems(manifest: pd.DataFrame, check_audio: bool = True) -> list[
     for path in manifest.loc[manifest["path"].duplicated(), "path"].unique():
         rows = manifest.index[manifest["path"] == path].tolist()
         problems.append(f"rows {rows}: the file {path} is listed more than once; keep one row")
+    return problems
+
+
+def _number_problems(where: str, item: pd.Series) -> list[str]:
+    """Labels, their declared range and the duration: present, numeric and in range."""
+    problems, numbers = [], {}
+    for column in (*DIMENSIONS, "label_min", "label_max", "duration"):
+        value = item[column]
+        if _blank(value):
+            hint = ("drop the column to read durations from the audio headers"
+                    if column == "duration" else "fill it in or drop the row")
+            problems.append(f"{where}: {column} is missing; {hint}")
+            continue
+        try:
+            numbers[column] = float(value)
+        except (TypeError, ValueError):
+            problems.append(f"{where}: {column}={value!r} is not a number (write decimals with "
+                            "a point, e.g. 3.5)")
+    if {"label_min", "label_max"} <= set(numbers):
+        low, high = numbers["label_min"], numbers["label_max"]
+        for dim in DIMENSIONS:
+            if dim in numbers and not low <= numbers[dim] <= high:
+                problems.append(f"{where}: {dim}={item[dim]} is outside the declared range "
+                                f"[{item['label_min']}, {item['label_max']}]")
+    if numbers.get("duration", 1.0) <= 0:
+        problems.append(f"{where}: duration={item['duration']} must be positive")
     return problems
 
 
@@ -163,8 +208,13 @@ def validate_manifest(manifest: pd.DataFrame, check_audio: bool = True,
     """Raise one ``ManifestError`` listing *all* problems, or return the manifest unchanged."""
     problems = manifest_problems(manifest, check_audio)
     if problems:
-        listing = "\n  ".join(problems)
+        shown = problems[:MAX_PROBLEMS_SHOWN] + ([f"... and {len(problems) - MAX_PROBLEMS_SHOWN}"
+                                                  " more"] if len(problems) > MAX_PROBLEMS_SHOWN
+                                                 else [])
+        listing = "\n  ".join(shown)
         raise ManifestError(f"{source}: {len(problems)} problem(s):\n  {listing}")
+    for column in (*DIMENSIONS, "label_min", "label_max", "duration"):
+        manifest[column] = manifest[column].astype(float)
     return manifest
 
 
@@ -200,6 +250,8 @@ def data_fingerprint(manifest: pd.DataFrame, verify: bool = False) -> str:
 # --------------------------------------------------------------------------- real corpora
 
 MSP_SPLIT_SETS = ("Train", "Development", "Test1", "Test2", "Test3")
+MSP_SPLIT_NAMES = {"Validation": "Development"}  # older releases' name of the dev split
+MSP_TEST_SETS = ("Test1", "Test2", "Test3")
 
 
 def msp_podcast(root: str | Path, test_set: str = "Test1") -> pd.DataFrame:
@@ -210,11 +262,17 @@ def msp_podcast(root: str | Path, test_set: str = "Test1") -> pd.DataFrame:
     Rows with an unknown speaker get a per-file speaker id so speaker counts stay honest.
     """
     root = Path(root)
-    labels = pd.read_csv(root / "Labels" / "labels_consensus.csv")
+    labels = read_table(root / "Labels" / "labels_consensus.csv")
+    labels["Split_Set"] = labels["Split_Set"].replace(MSP_SPLIT_NAMES)
     unknown = set(labels["Split_Set"]) - set(MSP_SPLIT_SETS)
     if unknown:
         raise ManifestError(f"{root / 'Labels/labels_consensus.csv'}: unknown Split_Set values "
-                            f"{sorted(unknown)}; expected some of {list(MSP_SPLIT_SETS)}")
+                            f"{sorted(unknown)}; expected some of {list(MSP_SPLIT_SETS)} "
+                            f"(or {list(MSP_SPLIT_NAMES)})")
+    present = sorted(set(labels["Split_Set"]) & set(MSP_TEST_SETS))
+    if test_set not in present:
+        raise ValueError(f"test_set={test_set!r}: choose one of the test partitions this "
+                         f"release has, {present}")
     split = labels["Split_Set"].map({"Train": "train", "Development": "dev", test_set: "test"})
     speaker = labels["SpkrID"].astype("string")
     anonymous = speaker.isna() | speaker.str.strip().str.lower().isin(["unknown", ""])
@@ -241,10 +299,20 @@ def iemocap(root: str | Path, test_session: int = 5, dev_session: int | None = 4
     five folds) and ``dev_session`` for early stopping; the rest train.
     """
     root = Path(root)
+    if test_session not in range(1, 6) or test_session == dev_session:
+        raise ValueError(f"test_session={test_session}, dev_session={dev_session}: choose two "
+                         "different sessions among 1-5")
     rows = []
     for eval_file in sorted(root.glob("Session*/dialog/EmoEvaluation/*.txt")):
+        if eval_file.name.startswith("._"):  # macOS metadata beside the real files
+            continue
         session = int(eval_file.parts[-4].removeprefix("Session"))
-        for line in eval_file.read_text().splitlines():
+        try:
+            text = eval_file.read_text()
+        except UnicodeDecodeError as error:
+            raise ManifestError(f"{eval_file}: not a text file ({error.reason}); remove it "
+                                "from EmoEvaluation/ or restore the original") from error
+        for line in text.splitlines():
             match = IEMOCAP_LINE.match(line)
             if not match:  # headers, comments and per-annotator lines
                 continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -82,7 +83,8 @@ def build_store(path: str | Path, key: str, items: Iterable[np.ndarray], max_row
     """Write ``items`` (arrays of shape (rows,) or (rows, width)) into a new store at ``path``.
 
     ``max_rows`` bounds the total rows (the disk check and the file size are based on it; the
-    file is trimmed to what was written). Returns the opened store.
+    file is trimmed to what was written). The build's duration is kept in the store's
+    ``meta["build_seconds"]``. Returns the opened store.
     """
     path = Path(path)
     row_bytes = np.dtype(dtype).itemsize * (width or 1)
@@ -91,11 +93,13 @@ def build_store(path: str | Path, key: str, items: Iterable[np.ndarray], max_row
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    start = time.perf_counter()
     try:
         offsets, lengths = _write_items(partial / DATA, items, max_rows, width, dtype,
                                         desc, total, progress)
+        meta = {**(meta or {}), "build_seconds": time.perf_counter() - start}
         index = {"key": key, "dtype": dtype, "width": width, "rows": sum(lengths),
-                 "offsets": offsets, "lengths": lengths, "meta": meta or {}}
+                 "offsets": offsets, "lengths": lengths, "meta": meta}
         (partial / INDEX).write_text(json.dumps(index))
         shutil.rmtree(path, ignore_errors=True)
         os.replace(partial, path)  # the store appears complete, or not at all

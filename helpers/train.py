@@ -224,6 +224,11 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
         if on_epoch_end is not None:
             on_epoch_end(record)
     progress.close()
+    steps = sum(record["steps"] for record in result.history)
+    if steps and result.skipped_steps == steps:
+        raise TrainingFailed(f"every one of the {steps} training steps had a non-finite loss "
+                             "or gradient, so the model never trained; lower the learning "
+                             "rate, or use bf16 rather than fp16")
     load_trainable_state(model, best_state)
     return result
 
@@ -276,6 +281,10 @@ def _restore(path: Path, model, optimizer, scheduler, scaler, result: FitResult,
         setattr(result, key, value)
     set_rng_state(state)
     return state["best_trainable"]
+
+
+class TrainingFailed(RuntimeError):
+    """Training produced no usable model (every step skipped); the message says what to try."""
 
 
 class CheckpointError(RuntimeError):

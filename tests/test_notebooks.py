@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.experiments import chosen_learning_rates
+from helpers.tables import chosen_learning_rates
 from helpers.notebook import bench_learning_rate, execute, reference_results, series
 
 GUARD = Path(__file__).parent / "netguard"
