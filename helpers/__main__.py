@@ -31,6 +31,44 @@ def one(args: argparse.Namespace) -> None:
     print(json.dumps(record.to_dict()))
 
 
+def train_command(args: argparse.Namespace) -> None:
+    """Train one method, in this process or in each of the processes a launcher started
+    (``torchrun --nproc_per_node N -m helpers train ...``); rank 0 writes the result."""
+    from dataclasses import fields
+
+    from .config import RunConfig
+    from .distributed import context
+    from .experiments import run
+
+    config = RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig)})
+    result = run(config)
+    if context().is_main:
+        out = Path(args.out or Path(config.results_root) / "runs" /
+                   f"train-{result.fingerprint[:16]}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict()))
+        print(f"{result.method} in {result.world_size} process(es): test CCC "
+              f"{result.test_ccc_mean:.3f}, {result.seconds_per_epoch:.1f} s/epoch, data wait "
+              f"{result.data_wait_share:.1%}; result in {out}")
+
+
+def add_config_options(command: argparse.ArgumentParser) -> None:
+    """One option per RunConfig setting, with RunConfig's default (``--num-epochs 6``)."""
+    from dataclasses import fields
+
+    for field in fields(RunConfig):
+        option = f"--{field.name.replace('_', '-')}"
+        if isinstance(field.default, bool):
+            command.add_argument(option, action=argparse.BooleanOptionalAction,
+                                 default=field.default)
+            continue
+        kind = next(k for k in (int, float, str) if k.__name__ in str(field.type))
+        parse = (lambda text, kind=kind: None if text.lower() == "none" else kind(text)) \
+            if field.default is None else kind
+        command.add_argument(option, default=field.default, type=parse,
+                             metavar=kind.__name__.upper())
+
+
 def make_sample_command(args: argparse.Namespace) -> None:
     """Regenerate the bundled corpus (audio, labels.csv, DATASHEET.md)."""
     import shutil
@@ -73,6 +111,15 @@ def check_rerun_command(args: argparse.Namespace) -> None:
     if not table["within tolerance"].all():
         raise SystemExit(f"the rerun differs from the reported figures by more than "
                          f"{RERUN_TOLERANCE}")
+
+
+def gpu_check_command(args: argparse.Namespace) -> None:
+    """Time, train and execute the notebooks on a CUDA GPU; write results/gpu/<device>/."""
+    from .gpu_check import gpu_check
+
+    status = gpu_check(args)
+    if status:
+        raise SystemExit(status)
 
 
 def main_job(args: argparse.Namespace) -> None:
@@ -160,6 +207,18 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--resume", action="store_true", help="keep the finished runs with the "
                      "same fingerprint (an interrupted bench goes on)")
     sub.set_defaults(function=bench)
+    trainer = commands.add_parser("train", help="train one method (also under torchrun)",
+                                  description=train_command.__doc__)
+    add_config_options(trainer)
+    trainer.add_argument("--out", help="where rank 0 writes the result (JSON)")
+    trainer.set_defaults(function=train_command)
+    check = commands.add_parser("gpu-check", help="prove the GPU path on a CUDA machine "
+                                "(about 8 minutes)", description=gpu_check_command.__doc__)
+    check.add_argument("--out-dir", default=str(RESULTS_DIR / "gpu"))
+    check.add_argument("--steps", default="timing,bundled,torchrun,notebooks",
+                       type=lambda text: text.split(","),
+                       help="which steps to run (comma-separated)")
+    check.set_defaults(function=gpu_check_command)
     single = commands.add_parser("one", help="one run in this process (used by bench)",
                                  description=one.__doc__)
     single.add_argument("task", choices=["run", "time"])

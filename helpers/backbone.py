@@ -59,20 +59,32 @@ PRESETS = {"random:wav2vec2-base": base_config, "random:wav2vec2-large": large_c
            "random:tiny": bundled_architecture}
 
 
-def load_backbone(spec: str = "tiny", seed: int = 0) -> Wav2Vec2Model:
-    """A Wav2Vec2Model for ``spec`` (see the module docstring); random presets use ``seed``."""
+ATTENTIONS = ("sdpa", "eager")
+
+
+def load_backbone(spec: str = "tiny", seed: int = 0, attention: str = "sdpa") -> Wav2Vec2Model:
+    """A Wav2Vec2Model for ``spec`` (see the module docstring); random presets use ``seed``.
+
+    ``attention`` picks the attention kernel: ``sdpa`` (PyTorch's fused
+    scaled-dot-product attention, the fast path) or ``eager`` (plain matrix products, kept
+    for checks: the two agree to rounding).
+    """
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention={attention!r}: choose one of {ATTENTIONS}")
     if spec == "tiny":
         if (BUNDLED_BACKBONE / "config.json").is_file():
-            return Wav2Vec2Model.from_pretrained(BUNDLED_BACKBONE)
+            return Wav2Vec2Model.from_pretrained(BUNDLED_BACKBONE, attn_implementation=attention)
         warnings.warn(f"{BUNDLED_BACKBONE} not found: using the tiny architecture with random "
                       "weights, so its frozen layers hold no useful features yet.")
         spec = "random:tiny"
     if spec in PRESETS:
         torch.manual_seed(seed)
-        return Wav2Vec2Model(PRESETS[spec]())
+        config = PRESETS[spec]()
+        config._attn_implementation = attention
+        return Wav2Vec2Model(config)
     if spec.startswith("random:"):
         raise ValueError(f"unknown preset {spec!r}; choose one of {sorted(PRESETS)}")
-    return Wav2Vec2Model.from_pretrained(checkpoint_location(spec))
+    return Wav2Vec2Model.from_pretrained(checkpoint_location(spec), attn_implementation=attention)
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

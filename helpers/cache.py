@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from .config import digest, file_stamp
-from .data import SpeechDataset
+from .data import SpeechDataset, round_up
 from .store import Store, StaleStoreError, build_store, keyed_store, open_store
 from .surgery import FrozenPrefix
 
@@ -117,10 +117,13 @@ class CachedDataset(Dataset):
         return {"hidden": self.states[start:start + count], "labels": self.labels[index]}
 
 
-def collate_cached(batch: list[dict]) -> dict[str, torch.Tensor]:
-    """Pad cached states (kept in fp16: ``to_device`` casts them where they are used) and pass
-    the true frame counts along."""
-    return {"hidden": pad_sequence([item["hidden"] for item in batch], True),
+def collate_cached(batch: list[dict], pad_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad cached states (kept in fp16: ``to_device`` casts them where they are used) to the
+    longest, rounded up to a multiple of ``pad_multiple`` frames, and pass the true frame
+    counts along."""
+    hidden = pad_sequence([item["hidden"] for item in batch], True)
+    extra = round_up(hidden.shape[1], pad_multiple) - hidden.shape[1]
+    return {"hidden": torch.nn.functional.pad(hidden, (0, 0, 0, extra)) if extra else hidden,
             "frame_lengths": torch.tensor([len(item["hidden"]) for item in batch]),
             "labels": torch.stack([item["labels"] for item in batch])}
 

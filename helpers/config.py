@@ -31,6 +31,7 @@ class RunConfig:
     backbone: str = "tiny"            # tiny, a Hub id, a folder, random:wav2vec2-base|large
     data: str = "bundled"             # bundled, msp:/path, iemocap:/path or a manifest CSV
     device: str = "auto"              # auto: CUDA when available, else the CPU
+    attention: str = "sdpa"           # sdpa (fused kernel) or eager (for checks)
     num_epochs: int = 6
     lr: float = 5e-4                  # peak AdamW learning rate (warm-up, then linear decay)
     max_batch_seconds: float = 32.0   # audio per batch, padding included (8 clips of 4 s)
@@ -82,13 +83,15 @@ class RunConfig:
             raise ValueError(f"RunConfig has no settings {unknown}; known: {sorted(known)}")
         return cls(**values)
 
-    def fingerprint(self, data: str, backbone: str | None = None) -> str:
-        """The key of a result of this run on data with fingerprint ``data``."""
+    def fingerprint(self, data: str, backbone: str | None = None,
+                    world_size: int = 1) -> str:
+        """The key of a result of this run on data with fingerprint ``data`` (in
+        ``world_size`` processes: the global batch is that many times the batch)."""
         settings = {k: v for k, v in self.resolved().to_dict().items()
                     if k not in NOT_IN_FINGERPRINT}
         return digest(json.dumps({"settings": settings, "data": data, "code": code_version(),
-                                  "backbone": backbone or backbone_fingerprint(self.backbone)},
-                                 sort_keys=True))
+                                  "backbone": backbone or backbone_fingerprint(self.backbone),
+                                  "world_size": world_size}, sort_keys=True))
 
 
 def timing_fingerprint(**settings) -> str:

@@ -453,10 +453,13 @@ def wants_attention_mask(config) -> bool:
     return config.feat_extract_norm == "layer"
 
 
-def collate(batch: Sequence[dict[str, torch.Tensor]], attention_mask: bool) -> dict:
-    """Zero-pad waveforms to the longest in the batch; always return the true lengths."""
+def collate(batch: Sequence[dict[str, torch.Tensor]], attention_mask: bool,
+            pad_multiple: int = 1) -> dict:
+    """Zero-pad waveforms to the longest in the batch (rounded up to a multiple of
+    ``pad_multiple`` samples, so a compiled model meets few shapes); always return the true
+    lengths."""
     lengths = torch.tensor([len(item["input_values"]) for item in batch])
-    padded = torch.zeros(len(batch), int(lengths.max()))
+    padded = torch.zeros(len(batch), round_up(int(lengths.max()), pad_multiple))
     for row, item in enumerate(batch):
         padded[row, : lengths[row]] = item["input_values"]
     out = {"input_values": padded, "lengths": lengths,
@@ -466,6 +469,11 @@ def collate(batch: Sequence[dict[str, torch.Tensor]], attention_mask: bool) -> d
     return out
 
 
-def collate_for(config) -> partial:
+def round_up(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
+def collate_for(config, pad_multiple: int = 1) -> partial:
     """The collate function a backbone with this config expects."""
-    return partial(collate, attention_mask=wants_attention_mask(config))
+    return partial(collate, attention_mask=wants_attention_mask(config),
+                   pad_multiple=pad_multiple)

@@ -9,7 +9,6 @@ as a random one, which a batch-level CCC loss needs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -27,7 +26,8 @@ class DurationBatchSampler(Sampler[list[tuple[int, int]]]):
     Training (``shuffle=True``) packs a new random order every epoch; evaluation packs clips
     sorted by length (little padding, the same every time). Under a distributed launcher each
     of ``num_replicas`` ranks takes every ``num_replicas``-th batch of the same epoch plan, so
-    the ranks' shares are disjoint. Items are yielded as ``(index, epoch)``.
+    the ranks' shares are disjoint and together serve every clip once. Items are yielded as
+    ``(index, epoch)``.
     """
 
     durations: Sequence[float]
@@ -68,18 +68,25 @@ class DurationBatchSampler(Sampler[list[tuple[int, int]]]):
             batches.append(batch)
         return batches
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def shares(self) -> list[list[int]]:
+        """This rank's batches. Training splits the largest batches in two until every rank
+        has as many (DDP steps in lockstep), so each clip is still served exactly once."""
         batches = self.plan()
-        mine = batches[self.rank::self.num_replicas]
-        if self.shuffle and self.num_replicas > 1:  # every rank takes as many steps
-            mine = mine[:len(batches) // self.num_replicas]
-        return iter([[(index, self.epoch) for index in batch] for batch in mine])
+        if self.shuffle and self.num_replicas > 1:
+            while len(batches) % self.num_replicas:
+                largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+                batch = batches.pop(largest)
+                if len(batch) < 2:
+                    raise ValueError(f"{len(batches) + 1} batches cannot be shared evenly by "
+                                     f"{self.num_replicas} processes; use fewer processes")
+                batches[largest:largest] = [batch[: len(batch) // 2], batch[len(batch) // 2:]]
+        return batches[self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter([[(index, self.epoch) for index in batch] for batch in self.shares()])
 
     def __len__(self) -> int:
-        total = len(self.plan())
-        if self.shuffle and self.num_replicas > 1:
-            return total // self.num_replicas
-        return math.ceil(max(total - self.rank, 0) / self.num_replicas)
+        return len(self.shares())
 
 
 def label_spread(batches: Sequence[Sequence[int]], labels: np.ndarray) -> float:

@@ -25,6 +25,8 @@ class Record:
     backbone: str
     device: str
     precision: str
+    tf32: bool
+    attention: str
     seed: int
     trainable_params: int
     total_params: int
@@ -55,12 +57,14 @@ class Result(Record):
     lr: float
     num_epochs: int
     max_batch_seconds: float
+    world_size: int = 1               # processes; the global batch is world_size x the budget
     seconds_per_epoch: float
     samples_per_second: float
     audio_seconds_per_second: float
     data_wait_seconds: list[float]
     compute_seconds: list[float]
     data_wait_share: float
+    train_clips_per_epoch: list[int] = field(default_factory=list)  # all ranks together
     best_epoch: int
     skipped_steps: int
     train_loss: list[float]
@@ -86,6 +90,9 @@ class TimingResult(Record):
     step_times: list[float]
     audio_seconds_per_second: float
     flops_per_step: int
+    achieved_flops_per_second: float
+    attainable_flops_per_second: float
+    peak_share: float
     first_losses: list[float]
     cache_seconds_per_batch: float | None = None
 
@@ -103,6 +110,8 @@ COLUMNS = {
     "test_ccc_mean": "test CCC", "time_reduction": "time saved",
     "gflops_per_step": "GFLOP/step", "flop_predicted_reduction": "FLOPs predict",
     "time_over_flop_ratio": "time / FLOP-predicted time",
+    "achieved_tflops": "achieved TFLOP/s", "peak_share": "share of peak",
+    "data_wait_share_median": "data wait (share)",
 }
 SCALE = {"trainable_params": 1e-6, "cache_bytes": 2**-20}  # shown in M and MiB
 

@@ -69,6 +69,34 @@ def count_flops(step: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def matmul_flops(n: int) -> int:
+    """Floating-point operations of one n x n by n x n matrix product (a multiply and an add
+    per term): 2 n^3."""
+    return 2 * n ** 3
+
+
+MATMUL_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
+                 "fp16": torch.float16}
+
+
+def attainable_flops(device: torch.device | str, precision: str = "fp32",
+                     n: int | None = None, num_steps: int = 5) -> float:
+    """FLOP/s of a large square matrix product in ``precision`` on ``device``, measured now:
+    the ceiling a training step in the same precision could reach on this machine (no vendor
+    table needed). ``tf32`` is fp32 with TF32 allowed (the caller sets the policy)."""
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 1024)
+    a, b = (torch.randn(n, n, device=device, dtype=MATMUL_DTYPES[precision]) for _ in "ab")
+    seconds = median(time_steps(lambda: a @ b, num_steps, warmup=2, device=device))
+    return matmul_flops(n) / seconds
+
+
+def peak_share(flops_per_step: float, seconds_per_step: float, attainable: float) -> float:
+    """Achieved FLOP/s of a step as a share of the attainable FLOP/s (model FLOPs
+    utilisation)."""
+    return flops_per_step / seconds_per_step / attainable
+
+
 def device_name(device: torch.device | str) -> str:
     """A human-readable name of the device, recorded with every measurement: the GPU's model,
     or the CPU's with its threads and whether it runs bf16 natively."""

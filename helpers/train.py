@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from . import distributed
 from .config import NOT_IN_FINGERPRINT, RunConfig
 from .loaders import to_device
 from .methods import parse_method
@@ -76,11 +77,14 @@ def autocast(device: torch.device, precision: str):
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of the parameters that train: all a checkpoint needs besides the frozen model."""
+    """Copies of the parameters that train: all a checkpoint needs besides the frozen model
+    (named as in the unwrapped model, so one process can load what several saved)."""
+    model = distributed.unwrap(model)
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    model = distributed.unwrap(model)
     expected = {name for name, p in model.named_parameters() if p.requires_grad}
     if expected != set(state):
         raise RuntimeError("checkpoint does not match the model's trainable parameters "
@@ -92,18 +96,43 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: str = "cpu",
              precision: str = "fp32") -> dict:
-    """Predictions, targets and the CCC report of ``model`` over ``loader``."""
+    """Predictions, targets and the CCC report of ``model`` over ``loader``.
+
+    Under a distributed launcher each rank predicts its share of the batches; the predictions
+    are gathered, put back in item order and scored once (a CCC is not an average of the
+    shards' CCCs).
+    """
     device = torch.device(device)
     precision = resolve_precision(precision, device)
-    model.eval()
+    model = distributed.unwrap(model).eval()
     predictions, targets = [], []
     for batch in loader:
         with autocast(device, precision):
             predictions.append(model(**to_device(batch, device)).float())
         targets.append(batch["labels"])
     predictions, targets = torch.cat(predictions).cpu(), torch.cat(targets)
+    shares = distributed.gather((item_order(loader), predictions, targets))
+    if len(shares) > 1:
+        predictions, targets = reassemble(shares)
     return {"predictions": predictions, "targets": targets,
             "ccc": ccc_report(predictions, targets)}
+
+
+def item_order(loader: DataLoader) -> list[int] | None:
+    """The dataset indices ``loader`` serves, in order (from its batch sampler's plan)."""
+    sampler = loader.batch_sampler
+    return [key[0] for batch in sampler for key in batch] if hasattr(sampler, "plan") else None
+
+
+def reassemble(shares: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's (indices, predictions, targets) as two tensors in item order."""
+    indices = torch.tensor([i for order, _, _ in shares for i in order])
+    predictions = torch.cat([p for _, p, _ in shares])
+    targets = torch.cat([t for _, _, t in shares])
+    if len(set(indices.tolist())) != len(indices):
+        raise RuntimeError("ranks evaluated overlapping items; their shares must be disjoint")
+    order = torch.argsort(indices)
+    return predictions[order], targets[order]
 
 
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
@@ -149,7 +178,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, 
     model.train()
     loss_sum = torch.zeros((), device=device)
     skipped = torch.zeros((), device=device, dtype=torch.long)
-    steps, waited = 0, 0.0
+    steps, clips, waited = 0, 0, 0.0
     synchronize(device)
     start = time.perf_counter()
     batches = iter(loader)
@@ -165,15 +194,17 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, 
         skipped += step_skipped
         scheduler.step()
         steps += 1
+        clips += len(batch["labels"])
         if progress is not None:
             progress.update(1)
             if steps % config.log_every == 0:  # the only read-back: every log_every steps
                 progress.set_postfix(loss=f"{(loss_sum / max(steps - int(skipped), 1)).item():.3f}")
     synchronize(device)
     seconds = time.perf_counter() - start
-    skipped = int(skipped)
-    return {"train_loss": float(loss_sum) / max(steps - skipped, 1), "skipped_steps": skipped,
-            "steps": steps, "seconds": seconds, "data_wait_seconds": waited,
+    loss_total, skipped, steps, clips = (distributed.sum_over_ranks(x) for x in
+                                         (float(loss_sum), int(skipped), steps, clips))
+    return {"train_loss": loss_total / max(steps - skipped, 1), "skipped_steps": skipped,
+            "steps": steps, "clips": clips, "seconds": seconds, "data_wait_seconds": waited,
             "compute_seconds": seconds - waited}
 
 
@@ -188,6 +219,7 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
     same settings) and the run continues exactly as if it had never stopped.
     """
     config = config.resolved()
+    ctx = distributed.context()
     device = torch.device(config.device)
     precision = resolve_precision(precision or parse_method(config.method).precision, device)
     model.to(device)
@@ -199,11 +231,12 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
     scaler = make_scaler(precision, device)
     result, best_state = FitResult(), trainable_state(model)
     checkpoint = Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
-    settings = checkpoint_settings(config, precision)
+    settings = checkpoint_settings(config, precision, ctx.world_size)
     if config.resume and checkpoint is not None and checkpoint.is_file():
         best_state = _restore(checkpoint, model, optimizer, scheduler, scaler, result, settings)
     progress = tqdm(total=total_steps, initial=len(result.history) * len(train_loader),
-                    desc="training", disable=not config.progress, mininterval=5)
+                    desc="training", disable=not (config.progress and ctx.is_main),
+                    mininterval=5)
     for epoch in range(len(result.history), config.num_epochs):
         if _patience_exhausted(result, config.patience):
             break
@@ -220,7 +253,8 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
             result.best_epoch, result.best_dev_ccc = epoch, record["dev_mean"]
             best_state = trainable_state(model)
         if checkpoint is not None:
-            _save(checkpoint, model, optimizer, scheduler, scaler, result, best_state, settings)
+            _save(checkpoint, model, optimizer, scheduler, scaler, result, best_state, settings,
+                  ctx)
         if on_epoch_end is not None:
             on_epoch_end(record)
     progress.close()
@@ -233,11 +267,13 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
     return result
 
 
-def checkpoint_settings(config: RunConfig, precision: str) -> dict:
+def checkpoint_settings(config: RunConfig, precision: str, world_size: int = 1) -> dict:
     """What a checkpoint must share with the run that resumes it: every setting that changes
-    the weights (learning rate, epochs, batches, seed, ...), and the precision."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_FINGERPRINT}
-    return {**settings, "precision": precision}
+    the weights (learning rate, epochs, batches, seed, ...), the precision and the number of
+    processes (a checkpoint saved under N processes resumes under N)."""
+    settings = {k: v for k, v in config.to_dict().items()
+                if k not in NOT_IN_FINGERPRINT and k != "device"}
+    return {**settings, "precision": precision, "world_size": world_size}
 
 
 def _patience_exhausted(result: FitResult, patience: int | None) -> bool:
@@ -245,13 +281,17 @@ def _patience_exhausted(result: FitResult, patience: int | None) -> bool:
 
 
 def _save(path: Path, model, optimizer, scheduler, scaler, result: FitResult,
-          best_state: dict, settings: dict) -> None:
-    """The checkpoint of a fit: trainable weights, optimizer, scheduler, scaler, RNG state."""
-    state = {"trainable": trainable_state(model), "best_trainable": best_state,
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "result": asdict(result),
-             "settings": json.dumps(settings), **rng_state()}
-    atomic_save(state, path)
+          best_state: dict, settings: dict, ctx: distributed.Context) -> None:
+    """The checkpoint of a fit: trainable weights, optimizer, scheduler, scaler, and every
+    rank's RNG state; written by rank 0 alone."""
+    generators = distributed.gather(rng_state())  # a collective: every rank takes part
+    if ctx.is_main:
+        state = {"trainable": trainable_state(model), "best_trainable": best_state,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict(), "result": asdict(result),
+                 "settings": json.dumps(settings), "rank_rng": generators}
+        atomic_save(state, path)
+    distributed.barrier()
 
 
 def atomic_save(state: dict, path: Path) -> None:
@@ -273,13 +313,14 @@ def _restore(path: Path, model, optimizer, scheduler, scaler, result: FitResult,
         details = ", ".join(f"{k}: {saved.get(k)!r} then, {settings[k]!r} now" for k in changed)
         raise CheckpointError(f"{path} was written by a run with other settings ({details}); "
                               "resume with the same settings, or delete it to start afresh")
+    rank = distributed.context().rank
     load_trainable_state(model, state["trainable"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     for key, value in state["result"].items():
         setattr(result, key, value)
-    set_rng_state(state)
+    set_rng_state(state["rank_rng"][rank])
     return state["best_trainable"]
 
 

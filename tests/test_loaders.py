@@ -52,8 +52,13 @@ def test_ranks_take_disjoint_shares_of_the_same_plan():
     durations = np.random.default_rng(1).uniform(0.5, 4.0, 101)
     shares = [DurationBatchSampler(durations, 8.0, seed=3, num_replicas=2, rank=r)
               for r in (0, 1)]
-    seen = [[i for batch in share for i, _ in batch] for share in shares]
-    assert not set(seen[0]) & set(seen[1]) and len(shares[0]) == len(shares[1])
+    for epoch in range(4):
+        for share in shares:
+            share.set_epoch(epoch)
+        seen = [[i for batch in share for i, _ in batch] for share in shares]
+        assert sorted(seen[0] + seen[1]) == list(range(101))  # every clip exactly once
+        assert len(shares[0]) == len(shares[1])  # DDP ranks step in lockstep
+        assert all(len(b) * durations[b].max() <= 8.0 for s in shares for b in s.shares())
 
 
 def test_label_spread_within_batches_is_close_to_random_batching():

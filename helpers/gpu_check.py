@@ -1,0 +1,223 @@
+"""``python -m helpers gpu-check``: one command that proves the GPU path on any CUDA machine.
+
+In about 8 minutes it times training steps of random wav2vec2-base and -large at two batch
+sizes (fp32, +tf32, +bf16, +fp16, +compile) with each method's share of the attainable peak,
+trains three methods briefly on the bundled corpus on the GPU while sampling its utilisation
+(and the data-wait share of each epoch), runs one training under ``torchrun`` (one process,
+NCCL), and executes every notebook in SMOKE mode on CUDA. It writes ``results/gpu/<device>/``:
+``gpu-check.jsonl`` and ``summary.md``, ready for the README. A step that cannot run (a package
+missing, a failure) is reported and the others go on. Without CUDA it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+# step -> the packages it needs beyond torch, transformers and peft
+NEEDS = {"timing": [], "bundled": ["soundfile", "pandas"], "torchrun": ["soundfile", "pandas"],
+         "notebooks": ["soundfile", "pandas", "nbclient", "nbformat", "ipykernel", "matplotlib",
+                       "seaborn", "ipywidgets", "tabulate"]}
+TIMING = {  # backbone -> methods, each timed at every batch size
+    "random:wav2vec2-base": ["full", "full+tf32", "full+bf16", "full+fp16", "partial(3)+bf16",
+                             "cached(3)+bf16", "full+bf16+compile", "partial(3)+bf16+compile",
+                             "cached(3)+bf16+compile"],
+    "random:wav2vec2-large": ["full+bf16", "partial(3)+bf16", "cached(3)+bf16"],
+}
+BATCH_SIZES, CLIP_SECONDS = (8, 32), 6.0
+BUNDLED_METHODS = ["full+bf16", "partial(3)+bf16", "cached(3)+bf16"]
+
+
+def missing(packages: list[str]) -> list[str]:
+    return [name for name in packages if importlib.util.find_spec(name) is None]
+
+
+def device_slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+def pinned(names: list[str]) -> str:
+    """``pip install`` arguments for ``names`` at the versions requirements.txt pins."""
+    pins = {}
+    requirements = Path(__file__).resolve().parent.parent / "requirements.txt"
+    if requirements.is_file():
+        for line in requirements.read_text().splitlines():
+            if "==" in line:
+                name, version = line.split("==")
+                pins[name.strip().lower()] = version.strip()
+    return " ".join(f"{n}=={pins[n]}" if n in pins else n for n in names)
+
+
+class Utilisation:
+    """Samples the GPU's utilisation (nvidia-smi, twice a second) while a block runs."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
+                                      "--format=csv,noheader,nounits", "-i", "0"],
+                                     capture_output=True, text=True, timeout=5).stdout
+                self.samples.append(float(out.split()[0]))
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                return
+
+    def __enter__(self) -> "Utilisation":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=6)
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def timing_step(record) -> list[dict]:
+    from .experiments import time_method
+
+    rows = []
+    for backbone, methods in TIMING.items():
+        for batch_size in BATCH_SIZES:
+            for method in methods:
+                result = time_method(method, backbone, "cuda", batch_size=batch_size,
+                                     clip_seconds=CLIP_SECONDS, num_steps=10, warmup=3)
+                rows.append(record({"step": "timing", **result.to_dict()}))
+                torch.cuda.empty_cache()
+    return rows
+
+
+def bundled_step(record, out: Path) -> list[dict]:
+    from .config import RunConfig
+    from .experiments import run
+
+    rows = []
+    for method in BUNDLED_METHODS:
+        config = RunConfig(method=method, device="cuda", num_epochs=2, lr=5e-4,
+                           results_root=str(out / "work"), progress=False)
+        with Utilisation() as gpu:
+            result = run(config)
+        rows.append(record({"step": "bundled", **result.to_dict(),
+                            "gpu_utilisation_mean": gpu.mean}))
+    return rows
+
+
+def torchrun_step(record, out: Path) -> list[dict]:
+    """partial(3), one epoch, under torchrun with one process (NCCL)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "1", "-m", "helpers", "train", "--method", "partial(3)+bf16",
+               "--device", "cuda", "--num-epochs", "1", "--results-root", str(out / "work"),
+               "--no-progress", "--out", str(out / "torchrun.json")]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if finished.returncode != 0:
+        raise RuntimeError(f"torchrun exited {finished.returncode}: "
+                           f"{finished.stderr.strip().splitlines()[-1:]}")
+    result = json.loads((out / "torchrun.json").read_text())
+    return [record({"step": "torchrun", **result})]
+
+
+def notebooks_step(record, out: Path) -> list[dict]:
+    from .notebook import execute, series
+
+    rows = []
+    for notebook in series():
+        start = time.perf_counter()
+        execute(notebook, timeout=600, env={"SMOKE": "1", "DEVICE": "cuda",
+                                            "RESULTS_DIR": str(out / "work"),
+                                            "MPLBACKEND": "Agg"})
+        rows.append(record({"step": "notebooks", "notebook": notebook.stem,
+                            "seconds": time.perf_counter() - start}))
+    return rows
+
+
+def gpu_check(args: argparse.Namespace) -> int:
+    """Run every step that can run here; return the exit status (1 if a step failed)."""
+    if not torch.cuda.is_available():
+        print(f"gpu-check: no CUDA GPU here (torch {torch.__version__}); nothing to check. "
+              "Run `make gpu-check` on a machine with an NVIDIA GPU.")
+        return 0
+    name = torch.cuda.get_device_name(0)
+    out = Path(args.out_dir) / device_slug(name)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "gpu-check.jsonl"
+    log.unlink(missing_ok=True)
+
+    def record(row: dict) -> dict:
+        with log.open("a") as stream:
+            stream.write(json.dumps(row) + "\n")
+        return row
+
+    steps = {"timing": lambda: timing_step(record),
+             "bundled": lambda: bundled_step(record, out),
+             "torchrun": lambda: torchrun_step(record, out),
+             "notebooks": lambda: notebooks_step(record, out)}
+    outcomes, rows = {}, []
+    for step, function in steps.items():
+        if step not in args.steps:
+            continue
+        absent = missing(NEEDS[step])
+        if absent:
+            outcomes[step] = (f"skipped: missing {', '.join(absent)} (add them with "
+                              f"`pip install {pinned(absent)}`)")
+            print(f"gpu-check: {step} {outcomes[step]}")
+            continue
+        start = time.perf_counter()
+        try:
+            rows += function()
+            outcomes[step] = f"ok ({time.perf_counter() - start:.0f} s)"
+        except Exception as error:  # report and go on with the next step
+            outcomes[step] = f"FAILED: {type(error).__name__}: {error}"
+        print(f"gpu-check: {step} {outcomes[step]}", flush=True)
+    (out / "summary.md").write_text(summary_markdown(name, rows, outcomes))
+    print(f"gpu-check: results in {out}/")
+    return 1 if any(o.startswith("FAILED") for o in outcomes.values()) else 0
+
+
+def summary_markdown(device: str, rows: list[dict], outcomes: dict[str, str]) -> str:
+    """The README-ready summary: per backbone and batch size, each method's time per step,
+    the time it saves against full fp32 and full+bf16, and its share of the attainable peak;
+    then the bundled-corpus runs and the steps' outcomes."""
+    import pandas as pd
+
+    lines = [f"# gpu-check on {device} (torch {torch.__version__})", ""]
+    timing = pd.DataFrame([r for r in rows if r.get("step") == "timing"])
+    for (backbone, batch), group in (timing.groupby(["backbone", "batch_size"], sort=False)
+                                     if len(timing) else []):
+        table = group.set_index("method")
+        seconds = table["seconds_per_step"]
+        shown = pd.DataFrame({
+            "ms/step": (seconds * 1e3).round(1),
+            "audio s/s": table["audio_seconds_per_second"].round(0),
+            "less time than full": (1 - seconds / seconds.get("full", float("nan"))).round(3),
+            "less time than full+bf16": (1 - seconds / seconds.get("full+bf16",
+                                                                   float("nan"))).round(3),
+            "TFLOP/s": (table["achieved_flops_per_second"] / 1e12).round(1),
+            "share of peak": table["peak_share"].round(3),
+            "peak allocated (MiB)": table["peak_allocated_mib"].round(0)})
+        lines += [f"## {backbone}, {batch} x {CLIP_SECONDS:g} s", "", shown.to_markdown(), ""]
+    bundled = [r for r in rows if r.get("step") in ("bundled", "torchrun")]
+    if bundled:
+        table = pd.DataFrame([{"step": r["step"], "method": r["method"],
+                               "s/epoch": round(r["seconds_per_epoch"], 2),
+                               "data wait (share)": round(r["data_wait_share"], 3),
+                               "GPU utilisation (%)": r.get("gpu_utilisation_mean"),
+                               "test CCC": round(r["test_ccc_mean"], 3)} for r in bundled])
+        lines += ["## Bundled corpus on the GPU (2 epochs)", "", table.to_markdown(index=False),
+                  ""]
+    lines += ["## Steps", ""] + [f"- {step}: {outcome}" for step, outcome in outcomes.items()]
+    return "\n".join(lines) + "\n"

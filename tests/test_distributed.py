@@ -1,0 +1,94 @@
+"""Scale-out: two CPU processes (gloo) under torchrun train like one, score once, write once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers.config import RunConfig
+from helpers.data import load_data
+from helpers.experiments import audio_loaders, cached_loaders, prepare, run
+from helpers.notebook import smoke_subset
+from helpers.train import evaluate, load_checkpoint, load_trainable_state
+
+GUARD = Path(__file__).parent / "netguard"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory) -> str:
+    """24 training clips of the bundled corpus (and 8 dev, 8 test) as a manifest CSV."""
+    manifest = smoke_subset(load_data("bundled"), per_split=24)
+    manifest = pd.concat([manifest[manifest.split == "train"],
+                          manifest[manifest.split != "train"].groupby("split").head(8)])
+    path = tmp_path_factory.mktemp("subset") / "subset.csv"
+    manifest.to_csv(path, index=False)
+    return str(path)
+
+
+def launch(processes: int, out: Path, *options: str, wait: bool = True):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(processes), "-m", "helpers", "train", "--device", "cpu",
+               "--no-progress", "--out", str(out), *options]
+    if not wait:
+        return subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    finished = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("method", ["partial(3)", "cached(3)"])
+def test_two_processes_share_an_epoch_score_once_and_write_once(tmp_path, subset, method):
+    options = ["--data", subset, "--method", method, "--num-epochs", "1", "--max-batch-seconds",
+               "8", "--results-root", str(tmp_path), "--checkpoint-dir", str(tmp_path / "ck")]
+    result = launch(2, tmp_path / "two.json", *options)
+    assert result["world_size"] == 2
+    assert result["train_clips_per_epoch"] == [24]  # the union of the ranks' shares, once
+    assert list(tmp_path.glob("*.json")) == [tmp_path / "two.json"]  # one writer
+
+    # the dev CCC of the gathered predictions is that of one process scoring the same weights
+    config = RunConfig(method=method, data=subset, device="cpu", max_batch_seconds=8,
+                       results_root=str(tmp_path), progress=False)
+    manifest = load_data(subset)
+    prepared = prepare(config.method, config.backbone, config.seed)
+    load_trainable_state(prepared.model, load_checkpoint(tmp_path / "ck" / "last.pt")
+                         ["best_trainable"])
+    loaders = (cached_loaders(prepared, manifest, config)[0] if method.startswith("cached")
+               else audio_loaders(manifest, prepared.regressor.backbone.config, config))
+    single = evaluate(prepared.model, loaders["dev"])["ccc"]["mean"]
+    assert result["dev_ccc"][0] == pytest.approx(single, abs=1e-4)  # dev_ccc is rounded
+
+    # the same global batch (2 x 8 s) in one process trains to a similar loss
+    one = run(RunConfig(method=method, data=subset, device="cpu", num_epochs=1,
+                        max_batch_seconds=16, results_root=str(tmp_path), progress=False))
+    assert result["train_loss"][0] == pytest.approx(one.train_loss[0], abs=0.1)
+
+
+def test_a_two_process_run_resumes_from_its_checkpoint(tmp_path, subset):
+    options = ["--data", subset, "--method", "partial(3)", "--num-epochs", "3",
+               "--max-batch-seconds", "8", "--results-root", str(tmp_path)]
+    whole = launch(2, tmp_path / "whole.json", *options,
+                   "--checkpoint-dir", str(tmp_path / "whole"))
+    checkpoint = tmp_path / "cut" / "last.pt"
+    cut = launch(2, tmp_path / "cut.json", *options, "--checkpoint-dir", str(tmp_path / "cut"),
+                 wait=False)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(cut.pid, signal.SIGKILL)  # interrupted after its first epoch
+    cut.wait()
+    assert checkpoint.exists() and not (tmp_path / "cut.json").exists()
+    resumed = launch(2, tmp_path / "cut.json", *options, "--checkpoint-dir",
+                     str(tmp_path / "cut"), "--resume")
+    assert resumed["train_loss"] == whole["train_loss"]
+    assert resumed["dev_ccc"] == whole["dev_ccc"] and resumed["test_ccc_mean"] == \
+        whole["test_ccc_mean"]
