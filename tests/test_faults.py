@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import Wav2Vec2Model
 
+from helpers.__main__ import main
 from helpers.backbone import load_backbone
 from helpers.config import RunConfig
 from helpers.data import DIMENSIONS, ManifestError, iemocap, load_manifest, msp_podcast
@@ -55,16 +56,18 @@ def tiny_corpus(tmp_path_factory) -> dict:
                                  ["--seeds", "0"], ["--methods", "lora(0)"],
                                  ["--methods", "partial(2)+cnn"], ["--device", "cuda"],
                                  ["--epochs", "0"], ["--lrs", "nan"]])
-def test_a_bench_with_a_bad_argument_keeps_the_previous_results(tmp_path, tiny_corpus, bad):
+def test_a_bench_with_a_bad_argument_keeps_the_previous_results(tmp_path, tiny_corpus, bad,
+                                                                 capsys):
     if bad == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     (tmp_path / "bench.jsonl").write_text('{"method": "full", "earlier": "two hours"}\n')
-    finished = helpers_cli("bench", "--out-dir", str(tmp_path), "--data", tiny_corpus["csv"],
-                           "--backbone", tiny_corpus["backbone"], *bad)
-    assert finished.returncode != 0 and "Traceback" not in finished.stderr
-    last = finished.stderr.strip().splitlines()[-1]  # argparse prints the usage above it
-    assert last.startswith("python -m helpers bench: error:")
-    assert bad[0] in last or bad[1] in last
+    with pytest.raises(SystemExit) as stopped:
+        main(["bench", "--out-dir", str(tmp_path), "--data", tiny_corpus["csv"],
+              "--backbone", tiny_corpus["backbone"], *bad])
+    message = str(stopped.value.code) if isinstance(stopped.value.code, str) else \
+        capsys.readouterr().err.strip().splitlines()[-1]  # argparse prints usage above it
+    assert message.startswith("python -m helpers bench: error:")
+    assert bad[0] in message or bad[1] in message
     assert "two hours" in (tmp_path / "bench.jsonl").read_text()
 
 

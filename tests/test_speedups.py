@@ -1,0 +1,103 @@
+"""GPU-grade steps, checked on the CPU: compiled and eager steps agree, SDPA and eager attention
+agree, the peak-share arithmetic is right, and gpu-check without a GPU says so and exits 0."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers.backbone import load_backbone
+from helpers.experiments import prepare, random_batch, training_step
+from helpers.gpu_check import device_slug, summary_markdown
+from helpers.methods import parse_method
+from helpers.speedups import compile_trainable, set_tf32
+from helpers.timing import matmul_flops, peak_share
+from helpers.train import seed_everything
+
+
+def test_sdpa_and_eager_attention_agree():
+    audio = torch.randn(2, 16_000)
+    outputs = {}
+    for attention in ("sdpa", "eager"):
+        backbone = load_backbone("tiny", attention=attention).eval()
+        assert backbone.config._attn_implementation == attention
+        with torch.no_grad():
+            outputs[attention] = backbone(audio).last_hidden_state
+    torch.testing.assert_close(outputs["sdpa"], outputs["eager"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["partial(2)", "cached(2)"])
+def test_a_compiled_step_agrees_with_the_eager_step(method):
+    """Tolerance: 1e-4 relative on the losses; on the weights after two steps, 1e-4 absolute
+    (a tenth of one AdamW update at lr 1e-3: a compiled graph fuses and reorders floating-point
+    operations, and Adam's normalised update turns tiny gradient differences into steps)."""
+    batch = random_batch(2, 1.0)
+    results = {}
+    for compiled in (False, True):
+        prepared = prepare(parse_method(method), "random:tiny", seed=0)
+        if method.startswith("cached"):
+            with torch.no_grad():
+                hidden = prepared.split.prefix(batch["input_values"])
+            inputs = {"hidden": hidden, "frame_lengths": torch.full((2,), hidden.shape[1]),
+                      "labels": batch["labels"]}
+        else:
+            inputs = batch
+        model = compile_trainable(prepared.model.eval(), parse_method(
+            method + ("+compile" if compiled else "")))  # eval: no dropout or SpecAugment
+        losses = []
+        step = training_step(model, inputs, "fp32", "cpu", lr=1e-3, losses=losses)
+        seed_everything(0)
+        step()
+        step()
+        results[compiled] = ([float(x) for x in losses],
+                             [p.detach().clone() for p in prepared.model.parameters()
+                              if p.requires_grad])
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-4)
+    for eager, compiled in zip(results[False][1], results[True][1]):
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-4)
+
+
+def test_peak_share_arithmetic_on_a_case_worked_by_hand():
+    assert matmul_flops(1000) == 2_000_000_000  # 1000^3 multiply-adds, two operations each
+    # 1.5 TFLOP in 0.5 s is 3 TFLOP/s; against a 12 TFLOP/s matmul that is a quarter
+    assert peak_share(1.5e12, 0.5, 12e12) == pytest.approx(0.25)
+
+
+def test_tf32_policy_is_explicit():
+    set_tf32(False)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    set_tf32(True)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    set_tf32(False)
+    assert parse_method("full+tf32+compile").name == "full+tf32+compile"
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    finished = subprocess.run([sys.executable, "-m", "helpers", "gpu-check", "--out-dir",
+                               str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0
+    assert finished.stdout.strip().count("\n") == 0 and "no CUDA GPU" in finished.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_check_summary_reports_savings_and_peak_share():
+    rows = [{"step": "timing", "backbone": "random:wav2vec2-base", "batch_size": 32,
+             "method": method, "seconds_per_step": seconds, "audio_seconds_per_second": 1.0,
+             "achieved_flops_per_second": 1e14, "peak_share": 0.2, "peak_allocated_mib": 1.0}
+            for method, seconds in [("full", 0.2), ("full+bf16", 0.1), ("cached(3)+bf16", 0.01)]]
+    text = summary_markdown("NVIDIA H100", rows, {"timing": "ok (1 s)"})
+    assert "random:wav2vec2-base, 32 x 6 s" in text and "| cached(3)+bf16 |" in text
+    assert "0.95" in text and "0.9 " in text  # 95% less than full, 90% less than full+bf16
+    assert device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cuda_step_trains_in_bf16():
+    from helpers.experiments import time_method
+
+    result = time_method("partial(3)+bf16", "random:tiny", "cuda", batch_size=2,
+                         clip_seconds=1.0, num_steps=2, warmup=1)
+    assert result.precision == "bf16" and result.peak_allocated_mib > 0
