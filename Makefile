@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run lab test bench sample clean
+.PHONY: help setup run lab test bench gpu-check sample clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,9 +36,17 @@ lab: $(VENV)/.runtime  ## open JupyterLab on the notebooks
 test: $(VENV)/.dev  ## the test suite (unit tests + notebooks in SMOKE mode)
 	$(PY) -m pytest
 
-bench: $(VENV)/.runtime  ## measure the methods (bundled default + wav2vec2-base timing), write results/
+bench: $(VENV)/.runtime  ## measure the methods (bundled default + wav2vec2-base timing + loader), write results/
 	$(PY) -m helpers bench --jobs 2
 	$(PY) -m helpers bench --timing-only --backbone random:wav2vec2-base
+	$(PY) -m helpers bench --loader-only
+
+# On a GPU machine the Python already there is used (with .venv when it exists): its torch
+# build matches the driver, and gpu-check names any package it lacks instead of failing.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-check:  ## prove the GPU path on a CUDA machine (about 8 min), write results/gpu/<device>/
+	$(GPU_PY) -m helpers gpu-check
 
 sample: $(VENV)/.runtime  ## regenerate the bundled corpus in data_sample/ (needs espeak-ng)
 	$(PY) -m helpers make-sample

@@ -9,13 +9,22 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .bench import bench
-from .bundled.pretrain import RECIPE
-from .config import RunConfig
-from .data import SAMPLE_DIR
-from .tables import LEARNING_RATES
+from .bundled.recipe import RECIPE
+from .config import LEARNING_RATES, SAMPLE_DIR, RunConfig
 
 RESULTS_DIR = Path("results")
+
+
+def bench_command(args: argparse.Namespace) -> None:
+    """Run the grid, each run in its own process; write JSON lines, a summary and a figure.
+
+    Training first chooses each method's learning rate on dev: one run per rate in --lrs
+    (seed 0), best dev CCC wins; mixed-precision variants take their fp32 method's rate. Then
+    every method trains with --seeds seeds at its rate (the seed-0 search run is reused).
+    """
+    from .bench import bench
+
+    bench(args)
 
 
 def one(args: argparse.Namespace) -> None:
@@ -170,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true", help="small settings (as the tests)")
     run.set_defaults(function=main_job)
     sub = commands.add_parser("bench", help="train/measure the methods, write results/",
-                              description=bench.__doc__)
+                              description=bench_command.__doc__)
     defaults = RunConfig()
     sub.add_argument("--data", default=defaults.data, help="bundled, msp:/path, "
                      "iemocap:/path or a manifest CSV")
@@ -206,7 +215,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--out-dir", default=str(RESULTS_DIR))
     sub.add_argument("--resume", action="store_true", help="keep the finished runs with the "
                      "same fingerprint (an interrupted bench goes on)")
-    sub.set_defaults(function=bench)
+    sub.set_defaults(function=bench_command)
     trainer = commands.add_parser("train", help="train one method (also under torchrun)",
                                   description=train_command.__doc__)
     add_config_options(trainer)

@@ -26,7 +26,8 @@ TRAINING_GRID = ["full", "partial(1)", "partial(2)", "partial(3)", "partial(4)",
                  "lora(16)", "cached(3)", "weighted-sum", "full+bf16", "partial(3)+bf16",
                  "cached(3)+bf16"]
 TIMING_GRID = ["full", "full+cnn", "partial(3)", "lora(16)", "cached(3)", "weighted-sum",
-               "full+bf16", "partial(3)+bf16", "lora(16)+bf16", "cached(3)+bf16"]
+               "full+bf16", "partial(3)+bf16", "lora(16)+bf16", "cached(3)+bf16",
+               "full+compile", "partial(3)+compile", "cached(3)+compile"]
 
 
 @dataclass(frozen=True)

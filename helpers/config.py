@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+SAMPLE_DIR = PROJECT_ROOT / "data_sample"
+LEARNING_RATES = (1e-4, 2e-4, 5e-4, 1e-3)  # the bench chooses each method's rate among these
 
 # settings that change how a run goes, not what it computes: left out of its fingerprint
 NOT_IN_FINGERPRINT = ("num_workers", "log_every", "progress", "results_root",

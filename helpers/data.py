@@ -18,12 +18,16 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+try:
+    import soundfile as sf
+except ImportError:  # gpu-check times steps without it; reading audio names what is missing
+    sf = None
 from torch.utils.data import Dataset
 
-from .config import cpu_count, digest, file_stamp
+from .config import PROJECT_ROOT, SAMPLE_DIR, cpu_count, digest, file_stamp  # noqa: F401
 from .store import Store, build_store, keyed_store
 
 SAMPLE_RATE = 16_000
@@ -32,8 +36,6 @@ SPLITS = ("train", "dev", "test")
 MANIFEST_COLUMNS = ("path", *DIMENSIONS, "split", "speaker", "duration", "label_min", "label_max")
 MIN_SECONDS = 0.1
 MAX_PROBLEMS_SHOWN = 30
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_DIR = PROJECT_ROOT / "data_sample"
 
 
 class AudioError(ValueError):
@@ -66,6 +68,8 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor
     Stereo is averaged to mono and other rates are resampled; missing, unreadable, empty and
     sub-100 ms files raise an error that names the file.
     """
+    if sf is None:
+        raise ImportError("reading audio needs soundfile: pip install -r requirements.txt")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: audio file not found; check the manifest's path "

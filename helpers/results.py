@@ -111,7 +111,6 @@ COLUMNS = {
     "gflops_per_step": "GFLOP/step", "flop_predicted_reduction": "FLOPs predict",
     "time_over_flop_ratio": "time / FLOP-predicted time",
     "achieved_tflops": "achieved TFLOP/s", "peak_share": "share of peak",
-    "data_wait_share_median": "data wait (share)",
 }
 SCALE = {"trainable_params": 1e-6, "cache_bytes": 2**-20}  # shown in M and MiB
 

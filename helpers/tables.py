@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .config import LEARNING_RATES  # noqa: F401  (re-exported for the bench)
 from .methods import base_method
 
 # ----------------------------------------------------------------- choosing learning rates
-LEARNING_RATES = (1e-4, 2e-4, 5e-4, 1e-3)
 
 
 def methods_to_search(methods: list[str]) -> list[str]:
@@ -68,8 +68,13 @@ def summary_table(results: pd.DataFrame, reference: str = "full") -> pd.DataFram
     """
     time_column = "seconds_per_step" if "seconds_per_step" in results else "seconds_per_epoch"
     memory = [c for c in ("peak_allocated_mib", "peak_rss_mib") if c in results][:1]
-    table = (results.groupby("method")[[time_column, *memory, "trainable_params"]].median()
-             .reindex(results["method"].unique()))
+    speed = [c for c in ("audio_seconds_per_second", "data_wait_share", "peak_share")
+             if c in results and results[c].notna().any()]
+    table = (results.groupby("method")[[time_column, *speed, *memory, "trainable_params"]]
+             .median().reindex(results["method"].unique()))
+    if "achieved_flops_per_second" in results:
+        table.insert(1, "achieved_tflops",
+                     results.groupby("method")["achieved_flops_per_second"].median() / 1e12)
     results = final_runs(results)
     grouped = results.groupby("method", sort=False)
     if "lr" in results:

@@ -96,7 +96,8 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: str = "cpu",
              precision: str = "fp32") -> dict:
-    """Predictions, targets and the CCC report of ``model`` over ``loader``.
+    """Predictions and targets of ``model`` over ``loader`` (in the dataset's item order), and
+    their CCC report.
 
     Under a distributed launcher each rank predicts its share of the batches; the predictions
     are gathered, put back in item order and scored once (a CCC is not an average of the
@@ -112,7 +113,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str = "cpu",
         targets.append(batch["labels"])
     predictions, targets = torch.cat(predictions).cpu(), torch.cat(targets)
     shares = distributed.gather((item_order(loader), predictions, targets))
-    if len(shares) > 1:
+    if shares[0][0] is not None:  # back in the dataset's order, whichever batches ran where
         predictions, targets = reassemble(shares)
     return {"predictions": predictions, "targets": targets,
             "ccc": ccc_report(predictions, targets)}

@@ -43,8 +43,8 @@ def test_msp_podcast_can_use_another_test_set(msp_root):
 
 def test_msp_podcast_refuses_unknown_split_sets(msp_root):
     labels = msp_root / "Labels" / "labels_consensus.csv"
-    labels.write_text(MSP_LABELS.replace("Development", "Validation"))
-    with pytest.raises(ManifestError, match="Validation"):
+    labels.write_text(MSP_LABELS.replace("Development", "Holdout"))
+    with pytest.raises(ManifestError, match="Holdout"):
         msp_podcast(msp_root)
 
 

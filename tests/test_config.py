@@ -54,7 +54,7 @@ def counted_runs(monkeypatch):
 
 
 FAKE = dict(method="full", kind="full", layers_or_rank=None, backbone="tiny", device="cpu",
-            precision="fp32", seed=0, trainable_params=1, total_params=1, code_version="x",
+            precision="fp32", tf32=False, attention="sdpa", seed=0, trainable_params=1, total_params=1, code_version="x",
             torch="x", python="x", data="bundled", lr=1e-4, num_epochs=1, max_batch_seconds=1,
             seconds_per_epoch=1, samples_per_second=1, audio_seconds_per_second=1,
             data_wait_seconds=[0], compute_seconds=[1], data_wait_share=0, best_epoch=0,

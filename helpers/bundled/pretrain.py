@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import Wav2Vec2Model, get_linear_schedule_with_warmup
 
 from ..backbone import tiny_config
+from .recipe import RECIPE
 from .corpus import apply_effort, draw_prosody, speak, trim_silence
 from ..data import SAMPLE_RATE, collate, normalize
 from ..train import atomic_save, make_optimizer, rng_state, seed_everything, set_rng_state
@@ -249,8 +250,6 @@ def pretraining_loss(model: PretrainingModel, batch: dict, prosody_weight: float
 
 # The bundled backbone's recipe: the defaults of ``pretrain`` and of ``python -m helpers
 # pretrain-backbone`` (a test checks them against what the shipped backbone recorded).
-RECIPE = {"seed": 0, "width": 256, "steps": 1400, "batch_size": 16, "lr": 8e-4,
-          "prosody_weight": 0.1}
 
 
 def pretrain(speech_dir: str | Path, out_dir: str | Path, num_steps: int = RECIPE["steps"],
