@@ -132,19 +132,21 @@ def gpu_check_command(args: argparse.Namespace) -> None:
 
 
 def main_job(args: argparse.Namespace) -> None:
-    """Execute the whole series headless, in order, into results/notebooks/ (the committed
-    notebooks stay untouched); then write the trade-off figure and table."""
-    from .notebook import execute, reference_results, series
-    from .tables import summary_table
+    """Execute the whole series headless, in order, into results/notebooks/ (or, with
+    --in-place, back into notebooks/ for committing), figures included; then write the
+    trade-off figure and table."""
+    from .notebook import NOTEBOOK_DIR, execute, reference_results, series
     from .plots import tradeoff_figure
+    from .tables import summary_table
     from .timing import stopwatch
 
-    out = RESULTS_DIR / "notebooks"
-    env = {"MPLBACKEND": "Agg", **({"SMOKE": "1"} if args.smoke else {})}
+    out = NOTEBOOK_DIR if args.in_place else RESULTS_DIR / "notebooks"
+    env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures in the output
+           **({"SMOKE": "1"} if args.smoke else {})}
     with stopwatch("the whole series"):
         for notebook in series():
-            with stopwatch(f"  {notebook.stem}"):
-                execute(notebook, out / notebook.name, env=env)
+            with stopwatch(f"  {notebook.relative_to(NOTEBOOK_DIR)}"):
+                execute(notebook, out / notebook.relative_to(NOTEBOOK_DIR), env=env)
     summary = summary_table(reference_results("bench"))
     figure, table = RESULTS_DIR / "tradeoffs.png", RESULTS_DIR / "tradeoffs.md"
     tradeoff_figure(summary, path=figure)
@@ -177,6 +179,8 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="execute the notebook series (the main job)",
                               description=main_job.__doc__)
     run.add_argument("--smoke", action="store_true", help="small settings (as the tests)")
+    run.add_argument("--in-place", action="store_true", help="write the executed notebooks "
+                     "back into notebooks/ (to commit their outputs)")
     run.set_defaults(function=main_job)
     sub = commands.add_parser("bench", help="train/measure the methods, write results/",
                               description=bench_command.__doc__)

@@ -13,11 +13,12 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from .config import RunConfig, code_version, digest
+from .config import RunConfig, code_version, digest, resolve_device
 from .data import PROJECT_ROOT, load_data  # noqa: F401  (notebooks import it from here)
 from .experiments import run_or_load, shown
 from .results import Result
 from .tables import chosen_learning_rates
+from .timing import device_name
 from .train import seed_everything
 
 REFERENCE_DIR = PROJECT_ROOT / "results" / "reference"
@@ -31,14 +32,14 @@ def results_dir() -> Path:
 
 
 def setup(seed: int = 0, device: str | None = None) -> str:
-    """Seed everything, print versions and the device; returns the device to use."""
+    """Seed everything, print versions and the device; returns the device to use. Progress
+    bars of model loading are switched off: saved in a notebook they would read 0%."""
     import transformers
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    transformers.utils.logging.disable_progress_bar()
+    device = resolve_device(device or "auto")
     seed_everything(seed)
-    hardware = (torch.cuda.get_device_name(device) if device.startswith("cuda")
-                else f"{platform.processor() or platform.machine()}, "
-                     f"{torch.get_num_threads()} threads")
+    hardware = device_name(device)
     print(f"python {platform.python_version()} | torch {torch.__version__} | "
           f"transformers {transformers.__version__}\ndevice: {device} ({hardware}) | seed {seed}")
     return device
@@ -77,7 +78,7 @@ def train(method: str, settings: RunConfig, manifest: pd.DataFrame,
     """Train ``method`` with the notebook's ``settings`` on ``manifest``, at ``lr`` or else at
     the learning rate the bench chose for it on dev; or load the saved result of exactly this
     run (see ``run_or_load``)."""
-    config = settings.with_(method=method, lr=lr or bench_learning_rate(method))
+    config = settings.with_(method=method, lr=lr or bench_learning_rate(method), progress=False)
     return run_or_load(config, manifest)
 
 
@@ -103,8 +104,10 @@ NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 
 
 def series() -> list[Path]:
-    """The notebooks in reading order (numbered ones first, then the appendix)."""
-    return sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb")) + sorted(NOTEBOOK_DIR.glob("appendix*.ipynb"))
+    """The notebooks in reading order (numbered ones first, then the appendices, then the
+    exercise solutions)."""
+    return (sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb")) + sorted(NOTEBOOK_DIR.glob("appendix*.ipynb"))
+            + sorted(NOTEBOOK_DIR.glob("solutions/*.ipynb")))
 
 
 def execute(source: Path, target: Path | None = None, timeout: int = 1200,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -37,6 +38,9 @@ def tradeoff_figure(summary: pd.DataFrame, time_column: str = "seconds_per_epoch
 
 DIMENSION_COLOURS = {"arousal": "tab:red", "valence": "tab:blue", "dominance": "tab:green",
                      "mean": "black"}
+# one colour per method family, the same in every figure of the series
+METHOD_COLOURS = {"full": "tab:blue", "partial": "tab:green", "lora": "tab:purple",
+                  "cached": "tab:orange", "weighted-sum": "tab:brown"}
 
 
 def layer_profile(probes: dict[str, pd.DataFrame], title: str = "what each layer knows"):
@@ -158,3 +162,110 @@ def results_explorer(summary: pd.DataFrame, time_column: str = "seconds_per_epoc
         control.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([chosen, precisions]), output])
+
+
+# ------------------------------------------------------------------ choosing layers to train
+BACKBONE_CHOICES = {"bundled tiny": "tiny", "wav2vec2-base": "random:wav2vec2-base",
+                    "wav2vec2-large": "random:wav2vec2-large"}
+
+
+def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None = None,
+                        accuracy: pd.DataFrame | None = None,
+                        seconds_per_gflop: float | None = None, title: str = ""):
+    """Three views of training the top ``n`` layers, on fixed axes so that choices can be
+    compared: what each layer knows (probe CCC per layer, trained layers shaded), the FLOPs of
+    a training step for every n (partial and cached), and the measured test CCC of
+    partial(n)."""
+    num_layers = len(costs)
+    figure, (know, cost, score) = plt.subplots(1, 3, figsize=(13, 3.6))
+    if probe is not None:
+        for dimension, colour in DIMENSION_COLOURS.items():
+            know.plot(probe.index, probe[dimension], color=colour, marker="o", markersize=3,
+                      label=dimension)
+        know.legend(fontsize=7, loc="lower left")
+    else:
+        know.text(0.5, 0.5, "no probe for this backbone\n(needs its pretrained weights:\n"
+                  "notebook 01 with BACKBONE set)", ha="center", va="center",
+                  transform=know.transAxes, fontsize=9)
+    know.axvspan(num_layers - n + 0.5, num_layers + 0.5, color="tab:orange", alpha=0.15,
+                 label="trained")
+    know.set(xlim=(-0.5, num_layers + 0.5), ylim=(0, 1), xlabel="layer output (0 = input "
+             "to layer 1)", ylabel="probe test CCC", title="what each layer knows")
+    for column, style in (("partial GFLOP/step", "-"), ("cached GFLOP/step", "--")):
+        cost.plot(costs.index, costs[column], style, marker="o", markersize=3,
+                  label=column.split()[0], color=METHOD_COLOURS[column.split()[0]])
+        cost.plot([n], [costs.at[n, column]], "o", markersize=11, markerfacecolor="none",
+                  markeredgecolor="black")
+    cost.set(xlim=(0.5, num_layers + 0.5), ylim=(0, costs.to_numpy().max() * 1.1),
+             xlabel="layers trained (n)", ylabel="GFLOP per training step",
+             title="what a step costs")
+    if seconds_per_gflop:
+        seconds = cost.secondary_yaxis("right", functions=(lambda g: g * seconds_per_gflop,
+                                                           lambda s: s / seconds_per_gflop))
+        seconds.set_ylabel("predicted s/step")
+    cost.legend(fontsize=8, loc="upper left")
+    if accuracy is not None and len(accuracy):
+        score.errorbar(accuracy.index, accuracy["ccc_mean"], yerr=accuracy["ccc_sd"].fillna(0),
+                       marker="o", capsize=3, color=METHOD_COLOURS["partial"])
+        if n in accuracy.index:
+            score.plot([n], [accuracy.at[n, "ccc_mean"]], "o", markersize=11,
+                       markerfacecolor="none", markeredgecolor="black")
+    else:
+        score.text(0.5, 0.5, "not measured for this backbone\n(make bench with --backbone)",
+                   ha="center", va="center", transform=score.transAxes, fontsize=9)
+    score.set(xlim=(0.5, num_layers + 0.5), ylim=(0, 1), xlabel="layers trained (n)",
+              ylabel="test CCC (mean ± sd over seeds)", title="what it scores (bench)")
+    for axes in (know, cost, score):
+        axes.grid(alpha=0.3)
+    figure.suptitle(title or f"training the top {n} of {num_layers} layers", fontsize=11)
+    figure.tight_layout()
+    return figure
+
+
+def layer_choice_explorer(inputs: Callable[[str, int, float], dict], start: int = 3,
+                          batch_size: int = 8, clip_seconds: float = 4.0):
+    """Sliders over the backbone, the layers trained, the batch and the clip length; the
+    figure (``layer_choice_figure``) redraws from ``inputs(backbone, batch, clip)``, which
+    returns its costs, probe, accuracy and seconds per GFLOP (counted or measured before)."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    backbone = widgets.Dropdown(options=list(BACKBONE_CHOICES), description="backbone")
+    layers = widgets.IntSlider(value=start, min=1, max=6, description="layers trained",
+                               continuous_update=False, style={"description_width": "initial"})
+    batch = widgets.IntSlider(value=batch_size, min=1, max=64, description="batch",
+                              continuous_update=False)
+    clip = widgets.FloatSlider(value=clip_seconds, min=1, max=10, step=0.5,
+                               description="clip (s)", continuous_update=False)
+    output = widgets.Output()
+
+    def redraw(_=None):
+        chosen = inputs(BACKBONE_CHOICES[backbone.value], batch.value, clip.value)
+        layers.max = len(chosen["costs"])
+        n = min(layers.value, layers.max)
+        with output:
+            output.clear_output(wait=True)
+            layer_choice_figure(n=n, **chosen, title=f"{backbone.value}: top {n} of "
+                                f"{layers.max} layers, {batch.value} x {clip.value:g} s")
+            plt.show()
+            display(layer_choice_summary(chosen, n))
+
+    for control in (backbone, layers, batch, clip):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([backbone, layers]), widgets.HBox([batch, clip]), output])
+
+
+def layer_choice_summary(chosen: dict, n: int) -> pd.DataFrame:
+    """One row: the cost and (where measured) the score of training the top n layers."""
+    costs, row = chosen["costs"], {}
+    row["partial GFLOP/step"] = round(costs.at[n, "partial GFLOP/step"], 1)
+    row["cached GFLOP/step"] = round(costs.at[n, "cached GFLOP/step"], 1)
+    row["vs full"] = f"{costs.at[n, 'partial GFLOP/step'] / costs['partial GFLOP/step'].iloc[-1]:.0%}"
+    if chosen.get("seconds_per_gflop"):
+        row["predicted s/step"] = round(costs.at[n, "partial GFLOP/step"] *
+                                        chosen["seconds_per_gflop"], 3)
+    accuracy = chosen.get("accuracy")
+    if accuracy is not None and n in accuracy.index:
+        row["test CCC"] = round(accuracy.at[n, "ccc_mean"], 3)
+    return pd.DataFrame([row], index=[f"top {n}"])

@@ -39,3 +39,22 @@ def test_notebooks_train_each_method_at_the_rate_the_bench_chose(monkeypatch, tm
     assert bench_learning_rate("full") == chosen["full"]
     assert bench_learning_rate("partial(3)+bf16") == chosen["partial(3)"]
     assert bench_learning_rate("partial(9)", default=3e-4) == 3e-4  # not in the bench
+
+
+DRAWING_CALLS = ("plt.subplots(", "sns.", "_figure(", "layer_profile(", "learning_curves(",
+                 "cumulative_time(")
+
+
+@pytest.mark.parametrize("notebook", series(), ids=lambda p: p.stem)
+def test_every_drawing_cell_of_the_committed_notebook_shows_its_figure(notebook):
+    """The committed notebooks are read on GitHub without a kernel: a figure must be saved in
+    the output of every cell that draws one, and no progress bar saved at 0%."""
+    import nbformat
+
+    cells = [c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+    for cell in cells:
+        outputs = cell.get("outputs", [])
+        if any(call in cell.source for call in DRAWING_CALLS):
+            assert any("image/png" in o.get("data", {}) for o in outputs), cell.source[:80]
+        assert not any("0%|" in str(o.get("text", "")) or "0%|" in str(o.get("data", {}))
+                       for o in outputs), cell.source[:80]

@@ -101,3 +101,24 @@ def test_a_cuda_step_trains_in_bf16():
     result = time_method("partial(3)+bf16", "random:tiny", "cuda", batch_size=2,
                          clip_seconds=1.0, num_steps=2, warmup=1)
     assert result.precision == "bf16" and result.peak_allocated_mib > 0
+
+
+@pytest.mark.parametrize("method", ["full", "partial(1)", "partial(2)", "cached(2)"])
+def test_the_flop_model_predicts_the_counted_step_within_ten_percent(method):
+    """The layer-choice explorer's cost model, against the FLOPs of a real training step."""
+    from helpers.backbone import bundled_architecture
+    from helpers.experiments import cached_batch
+    from helpers.layer_choice import training_flops
+    from helpers.timing import count_flops
+
+    prepared = prepare(method, "random:tiny")
+    batch = random_batch(2, 2.0)
+    if method.startswith("cached"):
+        batch, _ = cached_batch(prepared, batch, "cpu", 2)
+    counted = count_flops(training_step(prepared.model.train(), batch, "fp32", "cpu", 0.0))
+    config = bundled_architecture()
+    layers = parse_method(method).number or config.num_hidden_layers
+    model = training_flops(config, 2, 2.0).loc[layers]
+    predicted = model["cached GFLOP/step" if method.startswith("cached") else
+                      "partial GFLOP/step"] * 1e9
+    assert predicted == pytest.approx(counted, rel=0.10)

@@ -1,0 +1,108 @@
+"""Which layers should I train, and what will it cost me? The FLOP model behind the layer-choice
+explorer.
+
+The forward and backward FLOPs of every stage of a backbone are counted on PyTorch's ``meta``
+device (shapes only: no weights, no memory, about a second even for wav2vec2-large). A training
+step then costs the forward pass of every stage that runs plus the backward pass of every stage
+that trains (about twice its forward: gradients for both its inputs and its weights). Frozen
+stages below the lowest trained one need no backward pass at all; with a cache they do not
+even run.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from .backbone import blocks
+
+def stage_flops(config: Wav2Vec2Config, batch_size: int, clip_seconds: float) -> pd.DataFrame:
+    """Forward and backward FLOPs of each stage (CNN, projection, positional conv, layer 0 ...
+    L-1) for a batch of ``batch_size`` clips of ``clip_seconds``, counted on the meta device
+    in a training step where everything but the CNN trains."""
+    with torch.device("meta"):
+        backbone = Wav2Vec2Model(config)
+        audio = torch.zeros(batch_size, int(clip_seconds * 16_000))
+    backbone.freeze_feature_encoder()
+    names = {module: name for name, module in backbone.named_modules()}
+    counts = {}
+    for phase in ("forward", "training"):
+        with FlopCounterMode(display=False) as counter:
+            if phase == "forward":
+                with torch.no_grad():
+                    backbone.eval()(audio)
+            else:
+                backbone.eval()(audio).last_hidden_state.sum().backward()
+        counts[phase] = {key.removeprefix(type(backbone).__name__ + "."): sum(ops.values())
+                         for key, ops in counter.get_flop_counts().items()}
+    rows = {stage: {"forward": counts["forward"].get(names[module], 0),
+                    "backward": counts["training"].get(names[module], 0) -
+                    counts["forward"].get(names[module], 0)}
+            for stage, module in blocks(backbone).items()}
+    return pd.DataFrame(rows).T
+
+
+def training_flops(config: Wav2Vec2Config, batch_size: int, clip_seconds: float) -> pd.DataFrame:
+    """FLOPs of one training step when the top n transformer layers train, for every n:
+    ``partial`` runs the whole backbone forward and the top n layers backward, ``cached`` runs
+    only the top n layers (their input comes from the cache); ``full`` (n = L) also trains the
+    projection and the positional convolution (the CNN stays frozen). The head's FLOPs are
+    negligible."""
+    stages = stage_flops(config, batch_size, clip_seconds)
+    layers = stages.loc[[s for s in stages.index if s.startswith("layer ")]]
+    below = stages.drop(layers.index).drop("CNN feature encoder")
+    total = stages["forward"].sum()
+    rows = []
+    for n in range(1, len(layers) + 1):
+        top = layers.iloc[len(layers) - n:]
+        backward = top["backward"].sum() + (below["backward"].sum() if n == len(layers) else 0)
+        rows.append({"layers trained": n, "partial GFLOP/step": (total + backward) / 1e9,
+                     "cached GFLOP/step": top.sum().sum() / 1e9})
+    return pd.DataFrame(rows).set_index("layers trained")
+
+
+def trainable_millions(config: Wav2Vec2Config) -> pd.Series:
+    """Trainable parameters (M) when the top n layers train (the head left out)."""
+    with torch.device("meta"):
+        backbone = Wav2Vec2Model(config)
+    per_layer = [sum(p.numel() for p in layer.parameters()) for layer in backbone.encoder.layers]
+    return pd.Series({n: sum(per_layer[len(per_layer) - n:]) / 1e6
+                      for n in range(1, len(per_layer) + 1)}, name="trainable (M)")
+
+
+@lru_cache(maxsize=64)
+def _costs(spec: str, batch_size: int, clip_seconds: float) -> pd.DataFrame:
+    from .backbone import backbone_config
+
+    return training_flops(backbone_config(spec), batch_size, clip_seconds)
+
+
+def explorer_inputs(spec: str, batch_size: int, clip_seconds: float, bench: pd.DataFrame,
+                    timing: pd.DataFrame) -> dict:
+    """What the layer-choice explorer shows for backbone ``spec``: FLOPs per step for every n
+    (counted), the probe per layer and partial(n)'s test CCC (bundled backbone only: the
+    others' weights are not here), and seconds per GFLOP of partial(3) as measured in the
+    ``timing`` grid, which turns FLOPs into a predicted time on that grid's device."""
+    from .bundled.pretrain import load_probes
+    from .backbone import BUNDLED_BACKBONE
+    from .methods import parse_method
+    from .tables import summary_table
+
+    costs = _costs(spec, batch_size, clip_seconds)
+    probe = accuracy = None
+    if spec == "tiny" and (BUNDLED_BACKBONE / "probe.json").is_file():
+        probe = load_probes(BUNDLED_BACKBONE)["pretrained"]
+    if spec == "tiny" and bench is not None:
+        rows = bench[bench["method"].str.fullmatch(r"partial\(\d+\)|full")]
+        summary = summary_table(rows)
+        layers = [parse_method(m).number or len(costs) for m in summary.index]
+        accuracy = summary.set_axis(layers)[["ccc_mean", "ccc_sd"]].sort_index()
+    rate = None
+    if timing is not None and "partial(3)" in set(timing["method"]):
+        row = timing[timing["method"] == "partial(3)"]
+        rate = float(row["seconds_per_step"].median() / (row["flops_per_step"].median() / 1e9))
+    return {"costs": costs, "probe": probe, "accuracy": accuracy, "seconds_per_gflop": rate}
