@@ -9,31 +9,53 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .results import Result
+from .results import Result, label, readable
+
+
+def method_colour(name: str) -> str:
+    """The colour of a method's family (``partial(3)+bf16`` -> partial's), fixed series-wide."""
+    return METHOD_COLOURS.get(name.split("(")[0].split("+")[0], "tab:gray")
 
 
 def tradeoff_figure(summary: pd.DataFrame, time_column: str = "seconds_per_epoch",
-                    path: str | Path | None = None, title: str | None = None):
-    """Time per epoch (x) against mean test CCC (y); marker area = peak memory."""
+                    path: str | Path | None = None, title: str | None = None,
+                    limits: tuple[tuple[float, float], tuple[float, float]] | None = None):
+    """Time per epoch (x) against mean test CCC (y); marker area = peak memory, colour = the
+    method's family (filled: fp32, hollow: mixed precision). ``limits`` fixes the axes
+    (x, y), so that filtered views can be compared."""
     memory = next(c for c in ("peak_allocated_mib", "peak_rss_mib") if c in summary)
     data = summary.reset_index()
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(data=data, x=time_column, y="ccc_mean", size=memory, sizes=(40, 400),
-                    hue="method", legend=False, ax=axes)
-    if "ccc_sd" in data:
-        axes.errorbar(data[time_column], data["ccc_mean"], yerr=data["ccc_sd"].fillna(0),
-                      fmt="none", ecolor="grey", alpha=0.6)
+    figure, axes = plt.subplots(figsize=(8, 4.8))
+    scale = 400 / summary[memory].max()
     for _, row in data.iterrows():
+        colour, mixed = method_colour(row["method"]), "+bf16" in row["method"] or \
+            "+fp16" in row["method"]
+        axes.scatter(row[time_column], row["ccc_mean"], s=max(row[memory] * scale, 30),
+                     facecolors="none" if mixed else colour, edgecolors=colour, linewidths=2,
+                     alpha=0.8)
+        if "ccc_sd" in data and pd.notna(row["ccc_sd"]):
+            axes.errorbar(row[time_column], row["ccc_mean"], yerr=row["ccc_sd"], fmt="none",
+                          ecolor="grey", alpha=0.6)
         axes.annotate(row["method"], (row[time_column], row["ccc_mean"]),
-                      textcoords="offset points", xytext=(6, 4), fontsize=8)
-    axes.set_xlabel(time_column.replace("_", " "))
-    axes.set_ylabel("mean test CCC (A, V, D)")
-    axes.set_title(title or f"speed vs accuracy (marker size: {memory.replace('_', ' ')})")
+                      textcoords="offset points", xytext=(7, 5), fontsize=8)
+    axes.set_xlabel(label(time_column))
+    axes.set_ylabel("mean test CCC (arousal, valence, dominance)")
+    axes.set_title(title or f"speed vs accuracy (marker area: {label(memory)})")
+    if limits is not None:
+        axes.set(xlim=limits[0], ylim=limits[1])
     axes.grid(alpha=0.3)
     figure.tight_layout()
     if path is not None:
         figure.savefig(path, dpi=120)
     return figure
+
+
+def axis_limits(summary: pd.DataFrame, time_column: str) -> tuple[tuple, tuple]:
+    """Axes that hold every method of ``summary`` (the explorer keeps them while filtering)."""
+    times, scores = summary[time_column], summary["ccc_mean"]
+    spread = summary["ccc_sd"].fillna(0) if "ccc_sd" in summary else 0
+    return ((0, times.max() * 1.25), (max(0, (scores - spread).min() - 0.05),
+                                       min(1, (scores + spread).max() + 0.05)))
 
 
 DIMENSION_COLOURS = {"arousal": "tab:red", "valence": "tab:blue", "dominance": "tab:green",
@@ -80,17 +102,18 @@ def sweep_figure(summary: pd.DataFrame, layers: pd.Series, highlight: int | None
                  time_column: str = "seconds_per_epoch"):
     """Accuracy, time and memory against the number of layers trained (full at the right)."""
     memory = next(c for c in ("peak_allocated_mib", "peak_rss_mib") if c in summary)
-    columns = [("ccc_mean", "mean test CCC"), (time_column, time_column.replace("_", " ")),
-               (memory, memory.replace("_", " ")), ("trainable_params", "trainable parameters")]
+    columns = [("ccc_mean", "mean test CCC"), (time_column, label(time_column)),
+               (memory, label(memory)), ("trainable_params", "trainable parameters (M)")]
     figure, axes = plt.subplots(1, len(columns), figsize=(13, 3))
-    for ax, (column, label) in zip(axes, columns):
-        ax.plot(layers, summary[column], marker="o")
+    for ax, (column, title) in zip(axes, columns):
+        values = summary[column] / (1e6 if column == "trainable_params" else 1)
+        ax.plot(layers, values, marker="o", color=METHOD_COLOURS["partial"])
         if column == "ccc_mean" and "ccc_sd" in summary:
             ax.fill_between(layers, summary["ccc_mean"] - summary["ccc_sd"].fillna(0),
                             summary["ccc_mean"] + summary["ccc_sd"].fillna(0), alpha=0.2)
         if highlight is not None:
             ax.axvline(highlight, color="tab:red", alpha=0.6)
-        ax.set(xlabel="layers trained", title=label)
+        ax.set(xlabel="layers trained (n; the last is full finetuning)", title=title)
         ax.grid(alpha=0.3)
     figure.tight_layout()
     return figure
@@ -111,31 +134,9 @@ def cumulative_time(epoch_seconds: dict[str, float], build_seconds: dict[str, fl
     return figure
 
 
-def partial_explorer(summary: pd.DataFrame, layers: pd.Series, start: int = 3):
-    """A slider over the number of layers trained that redraws the sweep from saved results
-    (nothing is retrained, so it responds at once)."""
-    import ipywidgets as widgets
-    from IPython.display import display
-
-    slider = widgets.IntSlider(value=start, min=int(layers.min()), max=int(layers.max()),
-                               description="layers trained", continuous_update=False,
-                               style={"description_width": "initial"})
-    output = widgets.Output()
-
-    def redraw(_=None):
-        with output:
-            output.clear_output(wait=True)
-            sweep_figure(summary, layers, highlight=slider.value)
-            plt.show()
-            display(summary[layers == slider.value])
-
-    slider.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([slider, output])
-
-
 def results_explorer(summary: pd.DataFrame, time_column: str = "seconds_per_epoch"):
-    """Filter the trade-off table and figure by method family and precision."""
+    """Filter the trade-off table and figure by method family and precision; the axes and
+    colours stay fixed, so that views can be compared."""
     import ipywidgets as widgets
     from IPython.display import display
 
@@ -145,7 +146,7 @@ def results_explorer(summary: pd.DataFrame, time_column: str = "seconds_per_epoc
                                     description="methods")
     precisions = widgets.Dropdown(options=["any", "fp32", "bf16"], value="any",
                                   description="precision")
-    output = widgets.Output()
+    output, limits = widgets.Output(), axis_limits(summary, time_column)
 
     def redraw(_=None):
         keep = [name for name in summary.index
@@ -153,10 +154,12 @@ def results_explorer(summary: pd.DataFrame, time_column: str = "seconds_per_epoc
                 and precisions.value in ("any", precision(name))]
         with output:
             output.clear_output(wait=True)
-            if keep:
-                tradeoff_figure(summary.loc[keep], time_column)
-                plt.show()
-                display(summary.loc[keep])
+            if not keep:
+                print("no method matches these filters")
+                return
+            tradeoff_figure(summary.loc[keep], time_column, limits=limits)
+            plt.show()
+            display(readable(summary.loc[keep]))
 
     for control in (chosen, precisions):
         control.observe(redraw, names="value")

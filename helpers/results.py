@@ -2,7 +2,7 @@
 
 ``Result`` is one training run, ``TimingResult`` one timed training step; both carry the
 fingerprint of everything that produced them. ``COLUMNS`` gives every column its display name
-(with the unit) once; tables and plots read it through ``label`` and ``display``.
+(with the unit) once; tables and plots read it through ``label`` and ``readable``.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def label(column: str) -> str:
     return COLUMNS.get(column, column)
 
 
-def display(table: pd.DataFrame) -> pd.DataFrame:
+def readable(table: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``table`` with display names and units, ready to print."""
     table = table.copy()
     for column, factor in SCALE.items():
