@@ -339,10 +339,10 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch's zip reader and unpickler raise many kinds
-        reason = (str(error).splitlines() or [""])[0][:120]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__} "
-                              f"{reason}); it may be truncated by a crash or a full disk: "
-                              "delete it to start afresh") from error
+        reason = (str(error).splitlines() or [""])[0].split(". ")[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}"
+                              f"{': ' + reason if reason else ''}); it may be truncated by a "
+                              "crash or a full disk: delete it to start afresh") from error
 
 
 def seed_everything(seed: int) -> None:

@@ -118,3 +118,18 @@ def test_an_interrupted_bench_resumes_without_rerunning_finished_runs(tmp_path, 
     runner = GridRunner(path)  # a fresh bench starts an empty partial file...
     runner.finish(runner.run([first]))  # ...and replaces the results only when done
     assert len(ran) == 4 and len(path.read_text().splitlines()) == 1
+
+
+def test_timing_options_reach_every_timed_step(monkeypatch, tmp_path):
+    from helpers.__main__ import parser
+    from helpers.bench import timing_bench
+
+    args = parser().parse_args(["bench", "--timing-only", "--batch-size", "32",
+                                "--clip-seconds", "6", "--repeats", "2", "--device", "cpu"])
+    seen = []
+    monkeypatch.setattr(GridRunner, "run", lambda self, jobs: seen.extend(jobs) or [])
+    timing_bench(args, ["full", "cached(3)"], GridRunner(tmp_path / "timing.jsonl"))
+    settings = [dict(job.kwargs) for job in seen]
+    assert len(settings) == 4 and {job.round for job in seen} == {0, 1}
+    assert all(s["batch_size"] == 32 and s["clip_seconds"] == 6.0 for s in settings)
+    assert len({job.fingerprint for job in seen}) == 2  # the rounds share a fingerprint
