@@ -226,7 +226,7 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
     model.to(device)
     seed_everything(config.seed)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
-    total_steps = config.num_epochs * len(train_loader)
+    total_steps = planned_steps(train_loader, config.num_epochs)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(config.warmup_ratio * total_steps), total_steps)
     scaler = make_scaler(precision, device)
@@ -235,7 +235,8 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
     settings = checkpoint_settings(config, precision, ctx.world_size)
     if config.resume and checkpoint is not None and checkpoint.is_file():
         best_state = _restore(checkpoint, model, optimizer, scheduler, scaler, result, settings)
-    progress = tqdm(total=total_steps, initial=len(result.history) * len(train_loader),
+    progress = tqdm(total=total_steps,
+                    initial=sum(r["steps"] for r in result.history) // ctx.world_size,
                     desc="training", disable=not (config.progress and ctx.is_main),
                     mininterval=5)
     for epoch in range(len(result.history), config.num_epochs):
@@ -275,6 +276,20 @@ def checkpoint_settings(config: RunConfig, precision: str, world_size: int = 1) 
     settings = {k: v for k, v in config.to_dict().items()
                 if k not in NOT_IN_FINGERPRINT and k != "device"}
     return {**settings, "precision": precision, "world_size": world_size}
+
+
+def planned_steps(loader: DataLoader, num_epochs: int) -> int:
+    """Training steps over ``num_epochs`` (duration-budgeted batches are re-formed every
+    epoch, so their number varies a little: the schedule counts each epoch's own)."""
+    sampler = loader.batch_sampler
+    if not hasattr(sampler, "set_epoch"):
+        return num_epochs * len(loader)
+    counts = []
+    for epoch in range(num_epochs):
+        sampler.set_epoch(epoch)
+        counts.append(len(sampler))
+    sampler.set_epoch(0)
+    return sum(counts)
 
 
 def _patience_exhausted(result: FitResult, patience: int | None) -> bool:
