@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .results import Result, label, readable
+from .results import Result, label, memory_column, readable
 
 
 def method_colour(name: str) -> str:
@@ -23,7 +23,7 @@ def tradeoff_figure(summary: pd.DataFrame, time_column: str = "seconds_per_epoch
     """Time per epoch (x) against mean test CCC (y); marker area = peak memory, colour = the
     method's family (filled: fp32, hollow: mixed precision). ``limits`` fixes the axes
     (x, y), so that filtered views can be compared."""
-    memory = next(c for c in ("peak_allocated_mib", "peak_rss_mib") if c in summary)
+    memory = memory_column(summary)
     data = summary.reset_index()
     figure, axes = plt.subplots(figsize=(8, 4.8))
     scale = 400 / summary[memory].max()
@@ -101,7 +101,7 @@ def learning_curves(results: dict[str, Result]):
 def sweep_figure(summary: pd.DataFrame, layers: pd.Series, highlight: int | None = None,
                  time_column: str = "seconds_per_epoch"):
     """Accuracy, time and memory against the number of layers trained (full at the right)."""
-    memory = next(c for c in ("peak_allocated_mib", "peak_rss_mib") if c in summary)
+    memory = memory_column(summary)
     columns = [("ccc_mean", "mean test CCC"), (time_column, label(time_column)),
                (memory, label(memory)), ("trainable_params", "trainable parameters (M)")]
     figure, axes = plt.subplots(1, len(columns), figsize=(13, 3))

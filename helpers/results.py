@@ -115,6 +115,12 @@ COLUMNS = {
 SCALE = {"trainable_params": 1e-6, "cache_bytes": 2**-20}  # shown in M and MiB
 
 
+def memory_column(table: pd.DataFrame) -> str | None:
+    """The memory figure a table holds: the CUDA allocator's peak, else the CPU's peak RSS."""
+    return next((c for c in ("peak_allocated_mib", "peak_rss_mib")
+                 if c in table and table[c].notna().any()), None)
+
+
 def label(column: str) -> str:
     """The display name of a column (the column itself when it has none)."""
     return COLUMNS.get(column, column)

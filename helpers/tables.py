@@ -7,6 +7,7 @@ import pandas as pd
 
 from .config import LEARNING_RATES  # noqa: F401  (re-exported for the bench)
 from .methods import base_method
+from .results import memory_column
 
 # ----------------------------------------------------------------- choosing learning rates
 
@@ -67,7 +68,7 @@ def summary_table(results: pd.DataFrame, reference: str = "full") -> pd.DataFram
     what a step computes, not how long it takes.
     """
     time_column = "seconds_per_step" if "seconds_per_step" in results else "seconds_per_epoch"
-    memory = [c for c in ("peak_allocated_mib", "peak_rss_mib") if c in results][:1]
+    memory = [c for c in [memory_column(results)] if c]
     speed = [c for c in ("audio_seconds_per_second", "data_wait_share", "peak_share")
              if c in results and results[c].notna().any()]
     table = (results.groupby("method")[[time_column, *speed, *memory, "trainable_params"]]
