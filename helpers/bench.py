@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import pandas as pd
 
 from .config import RunConfig, cpu_count, timing_fingerprint
 from .data import data_fingerprint, load_data
+from .experiments import RunFailed
 from .methods import check_fits, parse_method
 from .results import append_record, read_records, write_records
 
@@ -79,11 +80,23 @@ class GridRunner:
     def run(self, jobs: list[Job]) -> list[dict]:
         """The records of ``jobs``, in order: finished ones as they were, the rest run now."""
         missing = list({job.key: job for job in jobs if job.key not in self.done}.values())
+        failures = []
         with ThreadPoolExecutor(self.jobs) as pool:  # each job is its own process
-            for job, record in zip(missing, pool.map(self.run_one, missing)):
+            futures = {pool.submit(self.run_one, job): job for job in missing}
+            for future in as_completed(futures):  # each record is kept as soon as it exists
+                job = futures[future]
+                try:
+                    record = future.result()
+                except RunFailed as error:
+                    failures.append(str(error))
+                    continue
                 record.update(parallel_jobs=self.jobs, round=job.round)
                 append_record(record, self.partial)
                 self.done[job.key] = record
+        if failures:
+            raise RunFailed(f"{len(failures)} run(s) failed ({failures[0]}); the finished "
+                            f"ones are kept in {self.partial.name}: fix the cause and rerun "
+                            "with --resume")
         return [self.done[job.key] for job in jobs]
 
     def run_one(self, job: Job) -> dict:
@@ -138,9 +151,10 @@ def timing_bench(args: argparse.Namespace, methods: list[str], runner: GridRunne
     from .config import resolve_device
 
     device = resolve_device(args.device)
-    return runner.run([timing_job(round_, method=m, backbone=args.backbone, device=device,
-                                  seed=0, batch_size=args.batch_size,
-                                  clip_seconds=args.clip_seconds, num_steps=5, warmup=2)
+    return runner.run([timing_job(round_, method=parse_method(m).name, backbone=args.backbone,
+                                  device=device, seed=0, batch_size=args.batch_size,
+                                  clip_seconds=args.clip_seconds, num_steps=5, warmup=2,
+                                  attention="sdpa")
                        for round_ in range(args.repeats) for m in methods])
 
 

@@ -33,7 +33,8 @@ def cache_key(prefix: FrozenPrefix, dataset: SpeechDataset, dtype: str = DTYPE) 
     return digest(json.dumps({
         "weights": [name for name, _ in prefix.state_items()], "digests": weights,
         "config": prefix.backbone.config.to_json_string(), "k": prefix.k, "dtype": dtype,
-        "files": [file_stamp(p) for p in dataset.rows["path"]],
+        "files": (dataset.store.key if dataset.store is not None  # decoded audio's key
+                  else [file_stamp(p) for p in dataset.rows["path"]]),
         "labels": dataset.labels.tolist(), "max_samples": dataset.max_samples}))
 
 

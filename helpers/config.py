@@ -90,11 +90,14 @@ class RunConfig:
                     world_size: int = 1) -> str:
         """The key of a result of this run on data with fingerprint ``data`` (in
         ``world_size`` processes: the global batch is that many times the batch)."""
-        settings = {k: v for k, v in self.resolved().to_dict().items()
-                    if k not in NOT_IN_FINGERPRINT}
+        from .timing import device_name
+
+        resolved = self.resolved()
+        settings = {k: v for k, v in resolved.to_dict().items() if k not in NOT_IN_FINGERPRINT}
         return digest(json.dumps({"settings": settings, "data": data, "code": code_version(),
                                   "backbone": backbone or backbone_fingerprint(self.backbone),
-                                  "world_size": world_size}, sort_keys=True))
+                                  "world_size": world_size,  # timings are of this hardware
+                                  "hardware": device_name(resolved.device)}, sort_keys=True))
 
 
 def timing_fingerprint(**settings) -> str:
@@ -113,6 +116,12 @@ def resolve_device(device: str) -> str:
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: this machine has no usable CUDA GPU (torch "
                          f"{torch.__version__}); use --device cpu or auto")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
+                         "visible GPU(s), numbered from 0")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: Apple's MPS is not available here; use cpu")
     return device
 
 

@@ -440,12 +440,20 @@ def waveform_store(manifest: pd.DataFrame, root: str | Path, dtype: str = "float
         # durations are rounded in manifests: room for a few spare samples per clip
         max_rows = int(np.ceil(durations * SAMPLE_RATE).sum()) + 64 * len(paths)
         threads = workers or max(1, cpu_count())
+        decode = lambda p: read_audio(p).numpy().astype(dtype, copy=False)
         with ThreadPoolExecutor(threads) as pool:  # decoding and resampling release the GIL
-            clips = pool.map(lambda p: read_audio(p).numpy().astype(dtype, copy=False), paths)
-            return build_store(path, key, clips, max_rows, None, dtype, {"paths": paths},
-                               desc="decoding audio", total=len(paths), progress=progress)
+            return build_store(path, key, decoded(pool, decode, paths, 8 * threads), max_rows,
+                               None, dtype, {"paths": paths}, desc="decoding audio",
+                               total=len(paths), progress=progress)
 
     return keyed_store(root, "waveforms", key, build)
+
+
+def decoded(pool: ThreadPoolExecutor, decode, paths: list[str], window: int):
+    """``decode(path)`` for every path, in order, with at most ``window`` clips in flight (so a
+    long corpus never piles up in memory, and an error stops the build at once)."""
+    for start in range(0, len(paths), window):
+        yield from pool.map(decode, paths[start:start + window])
 
 
 def wants_attention_mask(config) -> bool:

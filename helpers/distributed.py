@@ -64,12 +64,15 @@ def barrier() -> None:
 
 @contextmanager
 def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (building a store, say) while the others wait; then they
-    run it and find the work done. Never two writers on one file."""
-    if dist.is_initialized() and dist.get_rank() != 0:
+    """The first process of each machine runs the block first (building a store, say) while
+    the others wait; then they run it and find the work done. On storage shared between
+    machines, the stores' atomic publication keeps one of two finished copies and never
+    serves a half-built one."""
+    first = context().local_rank == 0
+    if dist.is_initialized() and not first:
         dist.barrier()
     yield
-    if dist.is_initialized() and dist.get_rank() == 0:
+    if dist.is_initialized() and first:
         dist.barrier()
 
 

@@ -61,6 +61,7 @@ class Utilisation:
     """Samples the GPU's utilisation (nvidia-smi, twice a second) while a block runs."""
 
     def __init__(self):
+        self.gpu = f"GPU-{torch.cuda.get_device_properties(0).uuid}"  # the one torch uses
         self.samples: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -69,7 +70,7 @@ class Utilisation:
         while not self._stop.wait(0.5):
             try:
                 out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
-                                      "--format=csv,noheader,nounits", "-i", "0"],
+                                      "--format=csv,noheader,nounits", "-i", self.gpu],
                                      capture_output=True, text=True, timeout=5).stdout
                 self.samples.append(float(out.split()[0]))
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):

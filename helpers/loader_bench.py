@@ -150,7 +150,7 @@ def write_loader_report(out_dir: Path, loaders: pd.DataFrame, consumers: pd.Data
         "# Does the loader keep up? (`python -m helpers bench --loader-only`)", "",
         f"Machine: {machine}.", "",
         "## Audio seconds per second the loader delivers (training crops of at most 4 s)", "",
-        loaders.round(0).to_markdown(index=False), "",
+        loaders.round({"audio_seconds_per_second": 0}).to_markdown(index=False), "",
         "## Audio seconds per second a training step consumes (CPU, 4 s clips)", "",
         consumers.round(3).to_markdown(index=False), "",
         f"The slowest loader setting delivers {slowest:,.0f} audio s/s, "

@@ -1,10 +1,11 @@
 """Is a method as good as full finetuning? A paired bootstrap of the CCC difference and an
 equivalence verdict against a stated margin.
 
-Two methods scored on the same test clips with the same seed are paired: resampling the clips
-(with replacement) and recomputing both CCCs on each resample gives the spread of their
-difference that comes from which clips happened to be in the test set. Averaging each
-resample's difference over the seeds adds the spread between training runs.
+Two methods scored on the same test clips with the same seed are paired. Each bootstrap
+resample draws the seeds (training runs) with replacement, then the test clips with
+replacement, and recomputes both methods' CCCs on them: the spread of the resampled
+differences covers both sources of luck, the training run and which clips happened to be in
+the test set.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ def paired_bootstrap(method: list[dict], reference: list[dict], num_samples: int
     observed = np.mean([mean_ccc(a, t) - mean_ccc(b, t) for a, b, t in pairs])
     samples = np.empty(num_samples)
     for k in range(num_samples):
-        clips = generator.integers(0, size, size)
+        seeds = generator.integers(0, len(pairs), len(pairs))  # which training runs
+        clips = generator.integers(0, size, size)               # which test clips
         samples[k] = np.mean([mean_ccc(a[clips], t[clips]) - mean_ccc(b[clips], t[clips])
-                              for a, b, t in pairs])
+                              for a, b, t in (pairs[i] for i in seeds)])
     low, high = np.percentile(samples, [2.5, 97.5])
     return {"difference": float(observed), "low": float(low), "high": float(high),
             "seeds": len(pairs)}
@@ -75,6 +77,9 @@ def verdict_table(results: pd.DataFrame, reference: str = "full",
                   margin: float = MARGIN) -> pd.DataFrame:
     """Each method against ``reference``: the bootstrap interval and the verdict. Runs without
     stored test predictions are left out."""
+    from .tables import final_runs
+
+    results = final_runs(results)  # each method at its chosen learning rate
     results = results[results["test_predictions"].map(lambda p: isinstance(p, list) and
                                                       len(p) > 0)]
     records = {m: group.to_dict("records") for m, group in results.groupby("method", sort=False)}

@@ -101,8 +101,11 @@ def build_store(path: str | Path, key: str, items: Iterable[np.ndarray], max_row
         index = {"key": key, "dtype": dtype, "width": width, "rows": sum(lengths),
                  "offsets": offsets, "lengths": lengths, "meta": meta}
         (partial / INDEX).write_text(json.dumps(index))
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(partial, path)  # the store appears complete, or not at all
+        if (path / INDEX).is_file():  # another process finished the same store meanwhile
+            shutil.rmtree(partial, ignore_errors=True)
+            return open_store(path, key)
+        shutil.rmtree(path, ignore_errors=True)  # an incomplete leftover, never a store
+        os.rename(partial, path)  # the store appears complete, or not at all
     except OSError as error:
         if path.is_dir() and (path / INDEX).is_file():  # another process finished it first
             shutil.rmtree(partial, ignore_errors=True)

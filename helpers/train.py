@@ -111,7 +111,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str = "cpu",
         with autocast(device, precision):
             predictions.append(model(**to_device(batch, device)).float())
         targets.append(batch["labels"])
-    predictions, targets = torch.cat(predictions).cpu(), torch.cat(targets)
+    predictions = torch.cat(predictions).cpu() if predictions else torch.empty(0, 3)
+    targets = torch.cat(targets) if targets else torch.empty(0, 3)  # a rank may get no batch
     shares = distributed.gather((item_order(loader), predictions, targets))
     if shares[0][0] is not None:  # back in the dataset's order, whichever batches ran where
         predictions, targets = reassemble(shares)
@@ -174,7 +175,12 @@ def train_step(model: nn.Module, batch: dict, optimizer, scaler, precision: str,
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scaler,
                     config: RunConfig, precision: str, progress: tqdm | None) -> dict:
     """One pass over ``loader``: the mean loss, the steps skipped, and where the time went
-    (seconds waiting for the loader, and the rest: compute, synchronised at the end)."""
+    (seconds waiting for the loader, and the rest: compute, synchronised at the end).
+
+    The wait is measured on the host without synchronising each step (that would stall the
+    GPU): on a GPU, kernels queued before a wait may still run during it, so the data-wait
+    share is an upper bound of the time the GPU sat idle for data.
+    """
     device = torch.device(config.device)
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -233,7 +239,7 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
     result, best_state = FitResult(), trainable_state(model)
     checkpoint = Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
     settings = checkpoint_settings(config, precision, ctx.world_size)
-    if config.resume and checkpoint is not None and checkpoint.is_file():
+    if config.resume and checkpoint is not None and resumable(checkpoint):
         best_state = _restore(checkpoint, model, optimizer, scheduler, scaler, result, settings)
     progress = tqdm(total=total_steps,
                     initial=sum(r["steps"] for r in result.history) // ctx.world_size,
@@ -267,6 +273,16 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
                              "rate, or use bf16 rather than fp16")
     load_trainable_state(model, best_state)
     return result
+
+
+def resumable(checkpoint: Path) -> bool:
+    """Whether to resume from ``checkpoint``: decided by every rank together, since ranks that
+    disagreed would run different numbers of collective steps and hang."""
+    seen = distributed.gather(checkpoint.is_file())
+    if len(set(seen)) > 1:
+        raise CheckpointError(f"{checkpoint}: seen by some processes and not by others; put "
+                              "checkpoint_dir on storage that every machine shares")
+    return seen[0]
 
 
 def checkpoint_settings(config: RunConfig, precision: str, world_size: int = 1) -> dict:
@@ -374,15 +390,15 @@ def rng_state() -> dict:
     """
     _, keys, position, has_gauss, cached = np.random.get_state()
     return {"torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda_rng": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
             "numpy_rng": [torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
             "python_rng": random.getstate()}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"][0])  # this process's device
     keys, position, has_gauss, cached = state["numpy_rng"]
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, cached))
     random.setstate(state["python_rng"])

@@ -84,10 +84,14 @@ def test_saved_results_are_reused_only_for_the_same_run(tmp_path, manifest_rows,
     assert len(counted_runs) == 3 + len(changes)
 
 
-def test_the_device_is_part_of_the_fingerprint():
+def test_the_device_and_its_model_are_part_of_the_fingerprint(monkeypatch):
+    import helpers.timing
+
     cpu = RunConfig(device="cpu")
     assert "device" not in NOT_IN_FINGERPRINT
-    assert cpu.fingerprint("d", "b") != cpu.with_(device="mps").fingerprint("d", "b")
+    before = cpu.fingerprint("d", "b")
+    monkeypatch.setattr(helpers.timing, "device_name", lambda device: "another CPU")
+    assert cpu.fingerprint("d", "b") != before  # timings made on other hardware
 
 
 def test_cuda_without_a_gpu_is_a_clear_error():
