@@ -39,11 +39,17 @@ def stage_flops(config: Wav2Vec2Config, batch_size: int, clip_seconds: float) ->
                 backbone.eval()(audio).last_hidden_state.sum().backward()
         counts[phase] = {key.removeprefix(type(backbone).__name__ + "."): sum(ops.values())
                          for key, ops in counter.get_flop_counts().items()}
+        counts[phase]["total"] = counter.get_total_flops()
     rows = {stage: {"forward": counts["forward"].get(names[module], 0),
                     "backward": counts["training"].get(names[module], 0) -
                     counts["forward"].get(names[module], 0)}
             for stage, module in blocks(backbone).items()}
-    return pd.DataFrame(rows).T
+    table = pd.DataFrame(rows).T
+    # some backward operations are counted for the whole model only (not for a stage):
+    # share them out in proportion, so that the stages add up to the counted total
+    backward = counts["training"]["total"] - counts["forward"]["total"]
+    table["backward"] *= backward / table["backward"].sum()
+    return table
 
 
 def training_flops(config: Wav2Vec2Config, batch_size: int, clip_seconds: float) -> pd.DataFrame:
