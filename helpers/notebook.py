@@ -122,6 +122,8 @@ def execute(source: Path, target: Path | None = None, timeout: int = 1200,
     os.environ.update(env or {})
     try:
         NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                       # the kernel's own start-up warnings would fill the log of every run
+                       extra_arguments=["--IPKernelApp.log_level=ERROR"],
                        resources={"metadata": {"path": str(source.parent)}}).execute()
     finally:
         for key, value in previous.items():
