@@ -82,19 +82,25 @@ def train(method: str, settings: RunConfig, manifest: pd.DataFrame,
     return run_or_load(config, manifest)
 
 
-def reference_results(stem: str) -> pd.DataFrame:
+def reference_results(stem: str, quiet: bool = False) -> pd.DataFrame:
     """A results table from ``make bench``: this machine's run if there is one, else the
-    reference copy shipped in ``results/reference/``."""
+    reference copy shipped in ``results/reference/`` (says which, unless ``quiet``)."""
     local = results_dir() / f"{stem}.jsonl"
     path = local if local.is_file() else REFERENCE_DIR / f"{stem}.jsonl"
-    print(f"results from {shown(path)}")
+    if not quiet:
+        print(f"results from {shown(path)}")
     return pd.read_json(path, lines=True)
+
+
+def relative_paths(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its audio paths shown relative to the project (no machine's folders)."""
+    return table.assign(path=table["path"].map(lambda p: shown(Path(p))))
 
 
 def bench_learning_rate(method: str, default: float = 5e-4) -> float:
     """The peak learning rate ``make bench`` chose for ``method`` on dev, or ``default`` for
     a method the bench did not run."""
-    chosen = chosen_learning_rates(reference_results("bench"), [method])
+    chosen = chosen_learning_rates(reference_results("bench", quiet=True), [method])
     if method not in chosen:
         print(f"the bench did not run {method}: lr {default:g}")
     return chosen.get(method, default)
@@ -118,6 +124,7 @@ def execute(source: Path, target: Path | None = None, timeout: int = 1200,
     from nbclient import NotebookClient
 
     notebook = nbformat.read(source, as_version=4)
+    notebook.metadata.pop("widgets", None)  # widget state of an earlier run would linger
     previous = {key: os.environ.get(key) for key in env or {}}
     os.environ.update(env or {})
     try:

@@ -264,7 +264,8 @@ def layer_choice_summary(chosen: dict, n: int) -> pd.DataFrame:
     costs, row = chosen["costs"], {}
     row["partial GFLOP/step"] = round(costs.at[n, "partial GFLOP/step"], 1)
     row["cached GFLOP/step"] = round(costs.at[n, "cached GFLOP/step"], 1)
-    row["vs full"] = f"{costs.at[n, 'partial GFLOP/step'] / costs['partial GFLOP/step'].iloc[-1]:.0%}"
+    row["partial FLOPs / full's"] = \
+        f"{costs.at[n, 'partial GFLOP/step'] / costs['partial GFLOP/step'].iloc[-1]:.0%}"
     if chosen.get("seconds_per_gflop"):
         row["predicted s/step"] = round(costs.at[n, "partial GFLOP/step"] *
                                         chosen["seconds_per_gflop"], 3)
