@@ -1,12 +1,13 @@
-"""Browser check: notebook 03's slider renders in JupyterLab and moving it redraws the figure.
+"""Browser check: notebook 03's layer-choice explorer renders in JupyterLab and moving its slider
+redraws the figure.
 
 Needs Chromium (Debian: `apt-get install chromium`) and Playwright (`pip install playwright`;
-no browser download: it drives /usr/bin/chromium). Run from the project root:
+no browser download: it drives /usr/bin/chromium). Run:
 
-    .venv/bin/python tests/browser/check_slider.py results/browser
+    cd tests/browser && ../../.venv/bin/python check_slider.py ../../results/browser
 
 It starts JupyterLab on a free loopback port with SMOKE=1, opens the notebook, runs all
-cells, takes a screenshot, presses the right arrow on the slider, checks that the figure
+cells, takes a screenshot, moves the first slider one step, checks that the figure
 changed, and takes a second screenshot. Exit status 0 means the slider works.
 """
 
