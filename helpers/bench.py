@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import RunConfig, cpu_count, timing_fingerprint
+from .config import RunConfig, cpu_count, resolve_device, timing_fingerprint
 from .data import data_fingerprint, load_data
 from .experiments import RunFailed
 from .methods import check_fits, parse_method
@@ -148,8 +148,6 @@ def training_bench(args: argparse.Namespace, methods: list[str], runner: GridRun
 def timing_bench(args: argparse.Namespace, methods: list[str], runner: GridRunner) -> list[dict]:
     """The grid ``repeats`` times over (the summary takes each method's median), so a slow
     spell on a shared machine cannot fall on one method alone."""
-    from .config import resolve_device
-
     device = resolve_device(args.device)
     return runner.run([timing_job(round_, method=parse_method(m).name, backbone=args.backbone,
                                   device=device, seed=0, batch_size=args.batch_size,
@@ -168,8 +166,6 @@ def bench(args: argparse.Namespace) -> None:
     from .plots import tradeoff_figure
     from .tables import summary_table
     from .train import bf16_is_fast
-
-    from .config import resolve_device
 
     resolve_device(args.device)  # a device that is not there is refused before anything runs
     if args.loader_only:

@@ -28,10 +28,11 @@ DTYPE = "float16"
 
 def cache_key(prefix: FrozenPrefix, dataset: SpeechDataset, dtype: str = DTYPE) -> str:
     """A fingerprint of everything that determines the cached states."""
+    items = prefix.state_items()
     weights = [digest(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-               for _, tensor in prefix.state_items()]
+               for _, tensor in items]
     return digest(json.dumps({
-        "weights": [name for name, _ in prefix.state_items()], "digests": weights,
+        "weights": [name for name, _ in items], "digests": weights,
         "config": prefix.backbone.config.to_json_string(), "k": prefix.k, "dtype": dtype,
         "files": (dataset.store.key if dataset.store is not None  # decoded audio's key
                   else [file_stamp(p) for p in dataset.rows["path"]]),
@@ -51,9 +52,10 @@ def cache_size_bytes(prefix: FrozenPrefix, dataset: SpeechDataset, dtype=np.floa
 
 @torch.no_grad()
 def build_cache(prefix: FrozenPrefix, dataset: SpeechDataset, path: str | Path,
-                device: str = "cpu", progress: bool = True) -> Store:
+                device: str = "cpu", progress: bool = True, key: str | None = None) -> Store:
     """Run ``prefix`` once over ``dataset`` (one clip at a time, so no padding enters the
-    states) and write the cache ``path`` atomically."""
+    states) and write the cache ``path`` atomically. ``key``: ``cache_key``'s, when the
+    caller has it already (hashing a large prefix's weights takes a while)."""
     if dataset.train:
         raise ValueError("cache a dataset built with train=False: random crops change every "
                          "epoch, so they cannot be computed once")
@@ -72,7 +74,7 @@ def build_cache(prefix: FrozenPrefix, dataset: SpeechDataset, path: str | Path,
             yield hidden.to(torch.float16).cpu().numpy()
 
     # manifest durations are rounded: room for one spare frame per clip
-    return build_store(path, cache_key(prefix, dataset), states(),
+    return build_store(path, key or cache_key(prefix, dataset), states(),
                        sum(estimate) + len(estimate), width, DTYPE,
                        {"k": prefix.k, "labels": dataset.labels.tolist(),
                         "paths": dataset.rows["path"].tolist()},
@@ -134,5 +136,5 @@ def get_cache(prefix: FrozenPrefix, dataset: SpeechDataset, root: str | Path,
     """The cache for these inputs, built if missing or stale (load if present, else compute)."""
     key = cache_key(prefix, dataset)
     store = keyed_store(root, f"layer{prefix.k}", key,
-                        lambda path: build_cache(prefix, dataset, path, device, progress))
+                        lambda path: build_cache(prefix, dataset, path, device, progress, key))
     return CachedDataset(store, expected_key=key)

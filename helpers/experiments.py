@@ -32,9 +32,10 @@ from .data import (SAMPLE_RATE, SpeechDataset, collate_for, data_fingerprint, lo
 from .loaders import DurationBatchSampler, make_loader
 from .methods import Method, check_fits, parse_method
 from .model import EmotionRegressor, WeightedSumRegressor
-from .results import Record, Result, TimingResult
+from .results import Result, TimingResult
 from .surgery import apply_lora, freeze_feature_encoder, split_at_layer
 from .speedups import compile_trainable, pad_multiple, set_tf32, tf32_in_effect
+from .store import Store
 from .timing import (attainable_flops, count_flops, device_name, median, peak_memory,
                      peak_share, reset_peak_memory, synchronize, time_steps)
 from .train import evaluate, fit, make_optimizer, make_scaler, resolve_precision, train_step
@@ -76,14 +77,20 @@ def store_root(config: RunConfig) -> Path:
     return Path(config.results_root) / "cache"
 
 
+def decoded_store(manifest: pd.DataFrame, config: RunConfig,
+                  ctx: distributed.Context = distributed.Context()) -> Store:
+    """The manifest's waveform store, built by the first process of each machine."""
+    with distributed.main_first():
+        return waveform_store(manifest, store_root(config), verify=config.verify_audio,
+                              progress=config.progress and ctx.is_main)
+
+
 def audio_loaders(manifest: pd.DataFrame, backbone_config, config: RunConfig,
                   ctx: distributed.Context = distributed.Context()) -> dict[str, DataLoader]:
     """Loaders over the decoded waveform store, batched by duration (random crops and a new
     batch plan every epoch when training; centre crops, sorted by length, otherwise); under a
     launcher, each rank's share of the batches."""
-    with distributed.main_first():
-        store = waveform_store(manifest, store_root(config), verify=config.verify_audio,
-                               progress=config.progress and ctx.is_main)
+    store = decoded_store(manifest, config, ctx)
     collate = collate_for(backbone_config, pad_multiple(parse_method(config.method),
                                                         SAMPLE_RATE))
     loaders = {}
@@ -105,9 +112,7 @@ def cached_loaders(prepared: Prepared, manifest: pd.DataFrame, config: RunConfig
     cost: the seconds its build took (when it was built, this run or an earlier one) and its
     size. On a GPU, a cache that fits in a quarter of the free memory moves there whole."""
     progress = config.progress and ctx.is_main
-    with distributed.main_first():
-        store = waveform_store(manifest, store_root(config), verify=config.verify_audio,
-                               progress=progress)
+    store = decoded_store(manifest, config, ctx)
     collate = partial(collate_cached,
                       pad_multiple=pad_multiple(parse_method(config.method), FRAME_RATE))
     loaders, cost = {}, {"cache_build_seconds": 0.0, "cache_bytes": 0}
@@ -137,21 +142,23 @@ def fits_on_device(nbytes: int, device: str) -> bool:
     return nbytes < free / 4
 
 
-def run(config: RunConfig, manifest: pd.DataFrame | None = None) -> Result:
+def run(config: RunConfig, manifest: pd.DataFrame | None = None,
+        fingerprint: str | None = None) -> Result:
     """Train ``config.method`` on ``manifest`` (default: ``config.data``) and return its
     ``Result``.
 
     Seconds per epoch is the median over the epochs after the first ``timing_skip_epochs``;
     test CCC is that of the best dev epoch. For cached methods the one-off cache build is
     reported apart (``cache_build_seconds``, as long as the build took, also when this run
-    found the cache already built).
+    found the cache already built). ``fingerprint``: the run's, when the caller computed it
+    already (``run_or_load``).
     """
     config = config.resolved()
     manifest = load_data(config.data) if manifest is None else manifest
     method = parse_method(config.method)
     ctx, device = distributed.setup(config.device)
-    fingerprint = config.fingerprint(data_fingerprint(manifest, config.verify_audio),
-                                     world_size=ctx.world_size)
+    fingerprint = fingerprint or config.fingerprint(
+        data_fingerprint(manifest, config.verify_audio), world_size=ctx.world_size)
     config = config.with_(device=device)  # this rank's GPU under a launcher
     prepared = prepare(method, config.backbone, config.seed, config.attention)
     set_tf32(tf32_in_effect(method, config.device))
@@ -201,7 +208,7 @@ def run_or_load(config: RunConfig, manifest: pd.DataFrame | None = None) -> Resu
         if values.get("fingerprint") == fingerprint:
             print(f"loaded the saved result of this run: {shown(path)} (delete it to rerun)")
             return Result.from_dict(values)
-    result = run(config, manifest)
+    result = run(config, manifest, fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".tmp-{os.getpid()}")
     temporary.write_text(json.dumps(result.to_dict()))

@@ -44,10 +44,11 @@ def test_unknown_settings_are_refused():
 def counted_runs(monkeypatch):
     calls = []
 
-    def fake_run(config, manifest):
+    def fake_run(config, manifest, fingerprint=None):
         calls.append(config)
-        return experiments.Result(**{**FAKE, "fingerprint": config.fingerprint(
-            data_fingerprint(manifest)), "config": config.to_dict()})
+        assert fingerprint == config.fingerprint(data_fingerprint(manifest))
+        return experiments.Result(**{**FAKE, "fingerprint": fingerprint,
+                                     "config": config.to_dict()})
 
     monkeypatch.setattr(experiments, "run", fake_run)
     return calls
