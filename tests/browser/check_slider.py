@@ -20,7 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from playwright.sync_api import sync_playwright
 
@@ -50,11 +52,13 @@ def figure_source(page) -> str:
     return image.get_attribute("src") or ""
 
 
-def main(out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    port, token = free_port(), "slider-check"
-    root = Path(tempfile.mkdtemp())  # a copy: autosave must not touch the committed notebook
-    shutil.copy(ROOT / "notebooks" / NOTEBOOK, root / NOTEBOOK)
+@contextmanager
+def running_notebook(notebook: str) -> Iterator:
+    """A headless Chromium page showing a copy of ``notebook`` in JupyterLab (SMOKE mode),
+    every cell run; the copy keeps autosave away from the committed notebook."""
+    port, token = free_port(), "browser-check"
+    root = Path(tempfile.mkdtemp())
+    shutil.copy(ROOT / "notebooks" / notebook, root / notebook)
     lab = start_lab(port, token, root)
     try:
         with sync_playwright() as playwright:
@@ -63,7 +67,7 @@ def main(out_dir: Path) -> None:
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                       "--disable-component-update", "--no-first-run"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            url = f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK}?token={token}"
+            url = f"http://127.0.0.1:{port}/lab/tree/{notebook}?token={token}"
             for _ in range(60):  # wait for the server
                 try:
                     page.goto(url, timeout=5_000)
@@ -81,28 +85,39 @@ def main(out_dir: Path) -> None:
             page.keyboard.press("Escape")
             page.click("text=Run", timeout=30_000)
             page.click("text=Run All Cells", timeout=30_000)
-            slider = page.locator(".widget-slider .noUi-handle, .widget-slider input").first
-            try:
-                slider.wait_for(timeout=180_000)
-            except Exception:
-                page.screenshot(path=str(out_dir / "no-slider.png"), full_page=True)
-                raise
-            slider.scroll_into_view_if_needed()
-            before = figure_source(page)
-            page.screenshot(path=str(out_dir / "slider-before.png"))
-            slider.focus()
-            page.keyboard.press("ArrowLeft")
-            deadline = time.time() + 60
-            while figure_source(page) == before and time.time() < deadline:
-                time.sleep(1)
-            after = figure_source(page)
-            page.screenshot(path=str(out_dir / "slider-after.png"))
+            yield page
             browser.close()
-        if after == before:
-            sys.exit("the figure did not change after moving the slider")
-        print(f"slider works: figure redrawn; screenshots in {out_dir}")
     finally:
         lab.terminate()
+
+
+def wait_for_new_figure(page, before: str, seconds: float = 60) -> str:
+    """The explorer's figure once it differs from ``before`` (or after ``seconds``)."""
+    deadline = time.time() + seconds
+    while figure_source(page) == before and time.time() < deadline:
+        time.sleep(1)
+    return figure_source(page)
+
+
+def main(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with running_notebook(NOTEBOOK) as page:
+        slider = page.locator(".widget-slider .noUi-handle, .widget-slider input").first
+        try:
+            slider.wait_for(timeout=180_000)
+        except Exception:
+            page.screenshot(path=str(out_dir / "no-slider.png"), full_page=True)
+            raise
+        slider.scroll_into_view_if_needed()
+        before = figure_source(page)
+        page.screenshot(path=str(out_dir / "slider-before.png"))
+        slider.focus()
+        page.keyboard.press("ArrowLeft")
+        after = wait_for_new_figure(page, before)
+        page.screenshot(path=str(out_dir / "slider-after.png"))
+    if after == before:
+        sys.exit("the figure did not change after moving the slider")
+    print(f"slider works: figure redrawn; screenshots in {out_dir}")
 
 
 if __name__ == "__main__":
