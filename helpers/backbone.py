@@ -87,6 +87,23 @@ def load_backbone(spec: str = "tiny", seed: int = 0, attention: str = "sdpa") ->
     return Wav2Vec2Model.from_pretrained(checkpoint_location(spec), attn_implementation=attention)
 
 
+def random_twin(spec: str) -> str:
+    """The random-weight preset with ``spec``'s architecture: the control a probe compares a
+    pretrained backbone with (the gap is what pretraining added)."""
+    if spec in PRESETS:
+        return spec
+    if spec == "tiny":
+        return "random:tiny"
+    config = Wav2Vec2Config.from_pretrained(checkpoint_location(spec))
+    shape = lambda c: (c.hidden_size, c.num_hidden_layers, c.feat_extract_norm)
+    for name, preset in PRESETS.items():
+        if shape(preset()) == shape(config):
+            return name
+    raise ValueError(f"{spec}: no random preset has its architecture (width "
+                     f"{config.hidden_size}, {config.num_hidden_layers} layers); choose the "
+                     f"control yourself among {sorted(PRESETS)}")
+
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

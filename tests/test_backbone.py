@@ -43,3 +43,15 @@ def test_unknown_preset_is_refused():
 def test_tiny_backbone_loads_offline():
     backbone = load_backbone("tiny")
     assert count_parameters(backbone) < 10e6
+
+
+def test_the_random_twin_has_the_architecture_of_the_backbone(tmp_path):
+    from helpers.backbone import base_config, random_twin
+
+    assert random_twin("tiny") == "random:tiny"
+    assert random_twin("random:wav2vec2-large") == "random:wav2vec2-large"
+    Wav2Vec2Model(base_config()).save_pretrained(tmp_path / "base")  # e.g. a downloaded base
+    assert random_twin(str(tmp_path / "base")) == "random:wav2vec2-base"
+    Wav2Vec2Model(small_config("base")).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="no random preset has its architecture"):
+        random_twin(str(tmp_path / "other"))

@@ -3,6 +3,7 @@ figures are what the probe measures."""
 
 import inspect
 
+import numpy as np
 import pytest
 from transformers import Wav2Vec2Model
 
@@ -58,3 +59,28 @@ def test_the_bare_command_is_the_recipe_that_made_it():
     assert recorded == {option: defaults["num_steps" if option == "steps" else option]
                         for option in recorded}
     assert tiny_config().hidden_size == recorded["width"]
+
+
+def test_max_pooling_takes_the_largest_value_over_time_and_others_are_refused():
+    from helpers.bundled.baselines import pooled_hidden_states
+
+    clips = sample_manifest().head(2)
+    backbone = load_backbone("tiny")
+    mean, largest = (pooled_hidden_states(backbone, clips, pooling=p) for p in ("mean", "max"))
+    assert largest.shape == mean.shape and (largest >= mean).all() and (largest > mean).any()
+    with pytest.raises(ValueError, match="pooling='median'"):
+        pooled_hidden_states(backbone, clips, pooling="median")
+
+
+def test_ridge_probe_scores_the_predictions_ridge_predictions_returns():
+    from helpers.bundled.baselines import common_labels, ridge_predictions, ridge_probe
+    from helpers.metrics import ccc
+
+    manifest = sample_manifest()
+    features = np.random.default_rng(0).normal(size=(len(manifest), 4))
+    features[:, 0] += manifest["arousal"].to_numpy()  # one informative feature
+    predictions = ridge_predictions(features, manifest)
+    assert len(predictions) == (manifest["split"] == "test").sum()
+    truth = common_labels(manifest.loc[predictions.index])
+    assert ridge_probe(features, manifest)["arousal"] == pytest.approx(
+        ccc(predictions["arousal"].to_numpy(), truth[:, 0]))

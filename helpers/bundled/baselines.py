@@ -23,6 +23,7 @@ from ..metrics import ccc
 ALPHAS = tuple(10.0 ** k for k in range(-3, 5))
 PROSODIC_FEATURES = ("energy_mean", "energy_std", "energy_max", "pitch_mean", "pitch_std",
                      "pitch_range", "voiced_fraction", "duration")
+POOLINGS = {"mean": lambda states: states.mean(0), "max": lambda states: states.amax(0)}
 
 
 def prosodic_features(waveform: torch.Tensor) -> dict[str, float]:
@@ -55,14 +56,13 @@ def common_labels(manifest: pd.DataFrame) -> np.ndarray:
                                manifest["label_max"].to_numpy(float)) for d in DIMENSIONS], 1)
 
 
-def ridge_probe(features: np.ndarray, manifest: pd.DataFrame,
-                alphas: tuple[float, ...] = ALPHAS) -> dict[str, float]:
-    """Ridge regression fitted on the train split, its strength chosen per dimension by dev CCC,
-    scored by CCC on the test split. Returns test CCC per dimension and their mean.
-    """
+def ridge_predictions(features: np.ndarray, manifest: pd.DataFrame,
+                      alphas: tuple[float, ...] = ALPHAS) -> pd.DataFrame:
+    """Test-split predictions of a ridge regression per dimension (on the common 0-1 scale),
+    fitted on the train split with its strength chosen by dev CCC."""
     labels, split = common_labels(manifest), manifest["split"].to_numpy()
     parts = {s: (features[split == s], labels[split == s]) for s in ("train", "dev", "test")}
-    scores = {}
+    predictions = {}
     for column, dimension in enumerate(DIMENSIONS):
         def fitted(alpha: float):
             model = make_pipeline(StandardScaler(), Ridge(alpha=alpha))
@@ -71,17 +71,29 @@ def ridge_probe(features: np.ndarray, manifest: pd.DataFrame,
         with warnings.catch_warnings():  # tiny alphas on collinear features: expected, harmless
             warnings.simplefilter("ignore", LinAlgWarning)
             best = max((fitted(alpha) for alpha in alphas), key=dev_ccc)
-        scores[dimension] = ccc(best.predict(parts["test"][0]), parts["test"][1][:, column])
+        predictions[dimension] = best.predict(parts["test"][0])
+    return pd.DataFrame(predictions, index=manifest.index[split == "test"])
+
+
+def ridge_probe(features: np.ndarray, manifest: pd.DataFrame,
+                alphas: tuple[float, ...] = ALPHAS) -> dict[str, float]:
+    """Test CCC per dimension (and their mean) of ``ridge_predictions``."""
+    predictions = ridge_predictions(features, manifest, alphas)
+    truth = common_labels(manifest.loc[predictions.index])
+    scores = {d: ccc(predictions[d].to_numpy(), truth[:, i]) for i, d in enumerate(DIMENSIONS)}
     return {**scores, "mean": float(np.mean(list(scores.values())))}
 
 
 @torch.no_grad()
-def pooled_hidden_states(backbone, manifest: pd.DataFrame,
-                         max_seconds: float = 4.0) -> np.ndarray:
-    """Mean-pooled hidden states of every layer for every clip: (clips, layers + 1, width).
+def pooled_hidden_states(backbone, manifest: pd.DataFrame, max_seconds: float = 4.0,
+                         pooling: str = "mean") -> np.ndarray:
+    """Hidden states of every layer for every clip, pooled over time by their ``"mean"`` or
+    ``"max"``: (clips, layers + 1, width).
 
     Index 0 is the input to the first transformer layer (after the CNN and positional conv).
     """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r}: choose one of {sorted(POOLINGS)}")
     from ..data import SpeechDataset  # the same preprocessing as training (centre crop)
 
     backbone.eval()
@@ -89,13 +101,13 @@ def pooled_hidden_states(backbone, manifest: pd.DataFrame,
     pooled = []
     for index in range(len(dataset)):
         output = backbone(dataset[index]["input_values"][None], output_hidden_states=True)
-        pooled.append(torch.stack([h[0].mean(0) for h in output.hidden_states]))
+        pooled.append(torch.stack([POOLINGS[pooling](h[0]) for h in output.hidden_states]))
     return torch.stack(pooled).numpy()
 
 
-def layer_probe(backbone, manifest: pd.DataFrame) -> pd.DataFrame:
+def layer_probe(backbone, manifest: pd.DataFrame, pooling: str = "mean") -> pd.DataFrame:
     """Test CCC of a ridge probe on each layer's pooled states: what each layer 'knows'."""
-    states = pooled_hidden_states(backbone, manifest)
+    states = pooled_hidden_states(backbone, manifest, pooling=pooling)
     rows = [{"layer": layer, **ridge_probe(states[:, layer], manifest)}
             for layer in range(states.shape[1])]
     return pd.DataFrame(rows).set_index("layer").round(3)
