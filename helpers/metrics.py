@@ -24,8 +24,9 @@ def ccc_per_dimension(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def ccc(pred, target) -> float:
-    """CCC of two 1-D sequences (tensors, arrays or lists)."""
-    as_column = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(-1, 1)
+    """CCC of two 1-D sequences (tensors, arrays or lists, read-only ones included: they are
+    copied)."""
+    as_column = lambda x: torch.tensor(np.asarray(x, dtype=np.float64)).reshape(-1, 1)
     return float(ccc_per_dimension(as_column(pred), as_column(target))[0])
 
 
