@@ -129,8 +129,10 @@ def execute(source: Path, target: Path | None = None, timeout: int = 1200,
     os.environ.update(env or {})
     try:
         NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                       # the kernel's own start-up warnings would fill the log of every run
-                       extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                       # the kernel's own log would fill the log of every run: start-up
+                       # warnings, and the "KeyboardInterrupt caught" line when the shutdown's
+                       # interrupt lands in a message handler (a failing cell still raises)
+                       extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
                        resources={"metadata": {"path": str(source.parent)}}).execute()
     finally:
         for key, value in previous.items():
