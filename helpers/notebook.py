@@ -13,8 +13,9 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from .config import RunConfig, code_version, digest, resolve_device
-from .data import PROJECT_ROOT, load_data  # noqa: F401  (notebooks import it from here)
+from .config import RunConfig, backbone_fingerprint, code_version, digest, resolve_device
+from .data import PROJECT_ROOT, data_fingerprint
+from .data import load_data  # noqa: F401  (notebooks import it from here)
 from .experiments import run_or_load, shown
 from .results import Result
 from .tables import chosen_learning_rates
@@ -71,6 +72,28 @@ def saved_or_computed(name: str, compute: Callable[[], object], **inputs):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"key": key, "inputs": inputs, "value": value}, default=float))
     return value
+
+
+def saved_prosodic_features(manifest: pd.DataFrame) -> pd.DataFrame:
+    """``prosodic_table`` of ``manifest``, saved once and shared by every notebook that uses it
+    (see ``saved_or_computed``)."""
+    from .bundled.baselines import prosodic_table
+
+    return pd.DataFrame(saved_or_computed(
+        "prosodic_table", lambda: prosodic_table(manifest).to_dict(orient="list"),
+        data=data_fingerprint(manifest)), index=manifest.index)
+
+
+def saved_layer_probe(spec: str, manifest: pd.DataFrame, pooling: str = "mean") -> pd.DataFrame:
+    """``layer_probe`` of backbone ``spec`` on ``manifest``, saved once and shared by every
+    notebook that probes the same weights, data and pooling (see ``saved_or_computed``)."""
+    from .backbone import load_backbone
+    from .bundled.baselines import layer_probe
+
+    return pd.DataFrame(saved_or_computed(
+        "layer_probe", lambda: layer_probe(load_backbone(spec), manifest, pooling)
+        .to_dict(orient="list"), backbone=spec, weights=backbone_fingerprint(spec),
+        data=data_fingerprint(manifest), pooling=pooling))
 
 
 def train(method: str, settings: RunConfig, manifest: pd.DataFrame,
