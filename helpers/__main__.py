@@ -1,88 +1,98 @@
-"""Command line of the series: ``python -m helpers --help``."""
+"""Command line of the series: ``python -m helpers --help``.
+
+The options of ``train`` and ``bench`` are generated from the settings dataclasses
+(``RunConfig``, ``TimingConfig``, ``BenchGrid`` in ``config.py``) with transformers'
+``HfArgumentParser``: the same names, defaults and help texts as the code. This module imports
+nothing heavy at the top, so ``--help`` answers at once; each command imports what it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
-from typing import Callable
+
+from transformers import HfArgumentParser
 
 from .bundled.recipe import RECIPE
-from .config import LEARNING_RATES, SAMPLE_DIR, RunConfig
+from .config import BenchGrid, RunConfig, TimingConfig
+from .paths import NOTEBOOK_DIR, SAMPLE_DIR, default_results_root
 
-RESULTS_DIR = Path("results")
+SETTINGS = {"train": (RunConfig,), "bench": (RunConfig, TimingConfig, BenchGrid)}
+
+
+class SettingsParser(HfArgumentParser):
+    """``HfArgumentParser`` over several dataclasses that share some settings (``bench`` takes
+    ``RunConfig`` and ``TimingConfig``, which both have a backbone and a device): a shared
+    setting is one option, with the first dataclass's default."""
+
+    def _add_dataclass_arguments(self, dtype) -> None:
+        taken = {action.dest for action in self._actions}
+        hints = {f.name: f for f in dataclasses.fields(dtype)}
+        shared = [name for name in hints if name in taken]
+        if not shared:
+            return super()._add_dataclass_arguments(dtype)
+        unshared = dataclasses.make_dataclass(
+            dtype.__name__, [(f.name, f.type, f) for f in dataclasses.fields(dtype)
+                             if f.name not in taken])
+        unshared.__module__ = dtype.__module__
+        super()._add_dataclass_arguments(unshared)
+
+
+def settings_from(args: argparse.Namespace, dtype):
+    """The ``dtype`` dataclass built from the parsed options (shared ones included)."""
+    return dtype(**{f.name: getattr(args, f.name) for f in dataclasses.fields(dtype)})
 
 
 def bench_command(args: argparse.Namespace) -> None:
-    """Run the grid, each run in its own process; write JSON lines, a summary and a figure.
+    """Run the grid, each run in its own process; write JSON lines, a summary and a figure
+    under the results root.
 
     Training first chooses each method's learning rate on dev: one run per rate in --lrs
     (seed 0), best dev CCC wins; mixed-precision variants take their fp32 method's rate. Then
     every method trains with --seeds seeds at its rate (the seed-0 search run is reused).
     """
-    from .bench import bench
+    from .tools.bench import bench  # (torch) imported when the command runs: --help stays fast
 
-    bench(args)
+    bench(*args.settings)
 
 
 def one(args: argparse.Namespace) -> None:
     """Run one method and print its record as the last line (used by bench, per process)."""
-    from .config import RunConfig
-    from .experiments import run, time_method
+    from .run import run  # (torch) imported when the command runs: --help stays fast
+    from .step_timing import time_method
 
-    kwargs = json.loads(args.kwargs)
-    if args.task == "time":
-        record = time_method(**kwargs)
-    else:
-        record = run(RunConfig.from_dict(kwargs["config"]))
+    config = json.loads(args.kwargs)["config"]
+    record = (time_method(TimingConfig.from_dict(config)) if args.task == "time"
+              else run(RunConfig.from_dict(config)))
     print(json.dumps(record.to_dict()))
 
 
 def train_command(args: argparse.Namespace) -> None:
     """Train one method, in this process or in each of the processes a launcher started
     (``torchrun --nproc_per_node N -m helpers train ...``); rank 0 writes the result."""
-    from dataclasses import fields
+    from .distributed import context  # (torch) imported when the command runs
+    from .files import write_json
+    from .run import run
 
-    from .config import RunConfig
-    from .distributed import context
-    from .experiments import run
-
-    config = RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig)})
+    config, = args.settings
     result = run(config)
     if context().is_main:
         out = Path(args.out or Path(config.results_root) / "runs" /
                    f"train-{result.fingerprint[:16]}.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_dict()))
+        write_json(out, result.to_dict())
         print(f"{result.method} in {result.world_size} process(es): test CCC "
               f"{result.test_ccc_mean:.3f}, {result.seconds_per_epoch:.1f} s/epoch, data wait "
               f"{result.data_wait_share:.1%}; result in {out}")
 
 
-def add_config_options(command: argparse.ArgumentParser) -> None:
-    """One option per RunConfig setting, with RunConfig's default (``--num-epochs 6``)."""
-    from dataclasses import fields
-
-    for field in fields(RunConfig):
-        option = f"--{field.name.replace('_', '-')}"
-        if isinstance(field.default, bool):
-            command.add_argument(option, action=argparse.BooleanOptionalAction,
-                                 default=field.default)
-            continue
-        kind = next(k for k in (int, float, str) if k.__name__ in str(field.type))
-        parse = (lambda text, kind=kind: None if text.lower() == "none" else kind(text)) \
-            if field.default is None else kind
-        command.add_argument(option, default=field.default, type=parse,
-                             metavar=kind.__name__.upper())
-
-
 def make_sample_command(args: argparse.Namespace) -> None:
     """Regenerate the bundled corpus (audio, labels.csv, DATASHEET.md)."""
-    import shutil
-
-    from .bundled.corpus import make_sample
+    from .bundled.corpus import make_sample  # (torch) imported when the command runs
     from .bundled.datasheet import write_datasheet
 
     shutil.rmtree(Path(args.out) / "audio", ignore_errors=True)
@@ -94,7 +104,7 @@ def make_sample_command(args: argparse.Namespace) -> None:
 def pretrain_command(args: argparse.Namespace) -> None:
     """Synthesise the pretraining speech (once), pretrain the bundled tiny backbone, probe it
     layer by layer against random weights, and write its model card."""
-    import pandas as pd
+    import pandas as pd  # imported when the command runs: --help stays fast
 
     from .bundled.pretrain import make_pretraining_speech, pretrain, probe_and_describe
 
@@ -113,7 +123,7 @@ def pretrain_command(args: argparse.Namespace) -> None:
 def check_rerun_command(args: argparse.Namespace) -> None:
     """Compare a from-scratch rerun of the pretraining recipe (its output folder) with the
     reported backbone; the table goes into the reported backbone's model card."""
-    from .bundled.pretrain import RERUN_TOLERANCE, rerun_check
+    from .bundled.pretrain import RERUN_TOLERANCE, rerun_check  # imported when it runs
 
     table = rerun_check(args.reported, args.rerun)
     print(table.to_string())
@@ -123,111 +133,70 @@ def check_rerun_command(args: argparse.Namespace) -> None:
 
 
 def gpu_check_command(args: argparse.Namespace) -> None:
-    """Time, train and execute the notebooks on a CUDA GPU; write results/gpu/<device>/."""
-    from .gpu_check import gpu_check
+    """Time, train and execute the notebooks on a CUDA GPU; write <results root>/gpu/<device>/."""
+    from .tools.gpu_check import gpu_check  # (torch) imported when the command runs
 
-    status = gpu_check(args)
+    status = gpu_check(Path(args.results_root) / "gpu", args.steps)
     if status:
         raise SystemExit(status)
 
 
 def main_job(args: argparse.Namespace) -> None:
-    """Execute the whole series headless, in order, into results/notebooks/ (or, with
+    """Execute the whole series headless, in order, into <results root>/notebooks/ (or, with
     --in-place, back into notebooks/ for committing), figures included; then write the
     trade-off figure and table."""
-    from .notebook import NOTEBOOK_DIR, execute, reference_results, series
+    from .files import write_text  # (torch) imported when the command runs
+    from .notebook import reference_results
     from .plots import tradeoff_figure
     from .tables import summary_table
     from .timing import stopwatch
+    from .tools.run_notebooks import execute, series
 
-    out = NOTEBOOK_DIR if args.in_place else RESULTS_DIR / "notebooks"
+    results = Path(args.results_root)
+    out = NOTEBOOK_DIR if args.in_place else results / "notebooks"
     env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures in the output
-           **({"SMOKE": "1"} if args.smoke else {})}
+           "RESULTS_DIR": str(results.resolve()), **({"SMOKE": "1"} if args.smoke else {})}
     with stopwatch("the whole series"):
         for notebook in series():
             with stopwatch(f"  {notebook.relative_to(NOTEBOOK_DIR)}"):
                 execute(notebook, out / notebook.relative_to(NOTEBOOK_DIR), env=env)
     summary = summary_table(reference_results("bench"))
-    figure, table = RESULTS_DIR / "tradeoffs.png", RESULTS_DIR / "tradeoffs.md"
+    figure, table = results / "tradeoffs.png", results / "tradeoffs.md"
     tradeoff_figure(summary, path=figure)
-    table.write_text(summary.to_markdown() + "\n")
+    write_text(table, summary.to_markdown() + "\n")
     print(f"\nexecuted notebooks: {out}/\ntrade-off figure: {figure}\ntrade-off table: {table}")
 
 
-def learning_rates(text: str) -> list[float]:
-    """``"1e-4,5e-4"`` -> [0.0001, 0.0005]: the --lrs option (argparse reports a bad one)."""
-    rates = [float(rate) for rate in text.split(",")]
-    if not all(0 < rate < float("inf") for rate in rates):
-        raise ValueError(text)
-    return rates
-
-
-def positive(kind: type) -> Callable[[str], float]:
-    """An argparse type: a number of ``kind`` above 0 (argparse names the option if not)."""
-    def parse(text: str):
-        value = kind(text)
-        if not 0 < value < float("inf"):
-            raise ValueError(text)
-        return value
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
+def add_results_root(command: argparse.ArgumentParser) -> None:
+    """The one results-root option of the commands not generated from ``RunConfig``."""
+    command.add_argument("--results-root", default=default_results_root(),
+                         help=next(f.metadata["help"] for f in dataclasses.fields(RunConfig)
+                                   if f.name == "results_root"))
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m helpers", description=__doc__)
-    commands = root.add_subparsers(dest="command", required=True)
+    root = argparse.ArgumentParser(prog="python -m helpers", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = root.add_subparsers(dest="command", required=True, parser_class=SettingsParser)
     run = commands.add_parser("run", help="execute the notebook series (the main job)",
                               description=main_job.__doc__)
     run.add_argument("--smoke", action="store_true", help="small settings (as the tests)")
     run.add_argument("--in-place", action="store_true", help="write the executed notebooks "
                      "back into notebooks/ (to commit their outputs)")
+    add_results_root(run)
     run.set_defaults(function=main_job)
     sub = commands.add_parser("bench", help="train/measure the methods, write results/",
-                              description=bench_command.__doc__)
-    defaults = RunConfig()
-    sub.add_argument("--data", default=defaults.data, help="bundled, msp:/path, "
-                     "iemocap:/path or a manifest CSV")
-    sub.add_argument("--backbone", default=defaults.backbone, help="tiny, a Hub id, a "
-                     "folder, or random:wav2vec2-base / random:wav2vec2-large")
-    sub.add_argument("--methods", help="comma-separated, e.g. full,partial(3),cached(3)")
-    sub.add_argument("--timing-only", action="store_true",
-                     help="time a few training steps per method instead of training")
-    sub.add_argument("--loader-only", action="store_true",
-                     help="measure the input pipeline against the model (loader.md)")
-    sub.add_argument("--seeds", type=positive(int), default=3)
-    sub.add_argument("--repeats", type=positive(int), default=3,
-                     help="with --timing-only: rounds over the grid (median per method)")
-    sub.add_argument("--epochs", type=positive(int), default=defaults.num_epochs)
-    sub.add_argument("--batch-seconds", type=positive(float),
-                     default=defaults.max_batch_seconds,
-                     help="audio per training batch, padding included (max_batch_seconds)")
-    sub.add_argument("--batch-size", type=positive(int), default=2,
-                     help="with --timing-only: clips per timed step")
-    sub.add_argument("--clip-seconds", type=positive(float), default=3.0,
-                     help="with --timing-only: length of each clip")
-    sub.add_argument("--lrs", type=learning_rates, default=",".join(map(str, LEARNING_RATES)),
-                     help="peak learning rates (AdamW) to choose from on dev, per method; "
-                     "give one to train every method at it without a search")
-    sub.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
-    sub.add_argument("--jobs", type=positive(int), default=1, help="runs at once, sharing "
-                     "the CPU cores (timings are then per share; use 1 for timing)")
-    sub.add_argument("--results-root", default=defaults.results_root,
-                     help="where waveform stores and layer caches go (under cache/)")
-    sub.add_argument("--verify-audio", action="store_true", help="key the waveform store and "
-                     "results by a hash of every audio file (slower; catches files rewritten "
-                     "with their size and time restored)")
-    sub.add_argument("--out-dir", default=str(RESULTS_DIR))
-    sub.add_argument("--resume", action="store_true", help="keep the finished runs with the "
-                     "same fingerprint (an interrupted bench goes on)")
+                              description=bench_command.__doc__,
+                              dataclass_types=SETTINGS["bench"])
     sub.set_defaults(function=bench_command)
     trainer = commands.add_parser("train", help="train one method (also under torchrun)",
-                                  description=train_command.__doc__)
-    add_config_options(trainer)
+                                  description=train_command.__doc__,
+                                  dataclass_types=SETTINGS["train"])
     trainer.add_argument("--out", help="where rank 0 writes the result (JSON)")
     trainer.set_defaults(function=train_command)
     check = commands.add_parser("gpu-check", help="prove the GPU path on a CUDA machine "
                                 "(about 8 minutes)", description=gpu_check_command.__doc__)
-    check.add_argument("--out-dir", default=str(RESULTS_DIR / "gpu"))
+    add_results_root(check)
     check.add_argument("--steps", default="timing,bundled,torchrun,notebooks",
                        type=lambda text: text.split(","),
                        help="which steps to run (comma-separated)")
@@ -235,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
     single = commands.add_parser("one", help="one run in this process (used by bench)",
                                  description=one.__doc__)
     single.add_argument("task", choices=["run", "time"])
-    single.add_argument("kwargs", help="keyword arguments as JSON")
+    single.add_argument("kwargs", help='{"config": <RunConfig or TimingConfig as JSON>}')
     single.set_defaults(function=one)
     sample = commands.add_parser("make-sample", help="regenerate the bundled corpus "
                                  "(needs espeak-ng)", description=make_sample_command.__doc__)
@@ -264,18 +233,29 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Parse, run, and turn a user's mistake into one line that says what to do (set
     ``HELPERS_TRACEBACK=1`` for the traceback)."""
-    from .experiments import RunFailed
-    from .store import DiskSpaceError, StaleStoreError
-    from .train import CheckpointError, TrainingFailed
-
     args = parser().parse_args(argv)
     try:
+        # every setting is checked before anything runs (a dataclass refuses a bad value)
+        args.settings = [settings_from(args, dtype) for dtype in SETTINGS.get(args.command, ())]
         args.function(args)
-    except (ValueError, FileNotFoundError, DiskSpaceError, StaleStoreError, CheckpointError,
-            TrainingFailed, RunFailed) as error:
-        if os.environ.get("HELPERS_TRACEBACK"):
+    except Exception as error:
+        if os.environ.get("HELPERS_TRACEBACK") or not is_users_mistake(error):
             raise
         sys.exit(f"python -m helpers {args.command}: error: {error}")
+
+
+def is_users_mistake(error: Exception) -> bool:
+    """Errors whose message says what to do (settings, files, disk space, stale stores,
+    checkpoints, failed runs), as opposed to bugs, which keep their traceback."""
+    if isinstance(error, (ValueError, FileNotFoundError)):
+        return True
+    from .checkpoints import CheckpointError  # (torch) imported only once an error happened
+    from .store import DiskSpaceError, StaleStoreError
+    from .tools.processes import RunFailed
+    from .train import TrainingFailed
+
+    return isinstance(error, (ValueError, FileNotFoundError, DiskSpaceError, StaleStoreError,
+                              CheckpointError, TrainingFailed, RunFailed))
 
 
 if __name__ == "__main__":

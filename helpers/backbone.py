@@ -13,17 +13,20 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import warnings
 from pathlib import Path
 
 import pandas as pd
 import torch
+from huggingface_hub import try_to_load_from_cache
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from .data import SAMPLE_DIR
-
-BUNDLED_BACKBONE = SAMPLE_DIR / "backbone"
+from .constants import SAMPLE_RATE
+from .paths import BUNDLED_BACKBONE
 
 
 def base_config() -> Wav2Vec2Config:
@@ -128,16 +131,11 @@ def checkpoint_location(spec: str) -> str:
 
 
 def hub_cached(spec: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     return isinstance(try_to_load_from_cache(spec, "config.json"), str)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether huggingface.co answers within ``timeout`` seconds (and offline mode is off)."""
-    import os
-    import socket
-
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
         return False
     try:
@@ -174,11 +172,9 @@ def blocks(backbone: Wav2Vec2Model) -> dict[str, torch.nn.Module]:
 
 def anatomy(backbone: Wav2Vec2Model, seconds: float = 3.0) -> pd.DataFrame:
     """Parameters and forward GFLOPs of each stage for one clip of ``seconds``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     names = {module: name for name, module in backbone.named_modules()}
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        backbone.eval()(torch.randn(1, int(seconds * 16_000)))
+        backbone.eval()(torch.randn(1, int(seconds * SAMPLE_RATE)))
     counts = {key.removeprefix(type(backbone).__name__ + "."): sum(ops.values())
               for key, ops in counter.get_flop_counts().items()}
     rows = [{"block": block, "parameters": sum(p.numel() for p in module.parameters()),

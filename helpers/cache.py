@@ -17,12 +17,12 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from .config import digest, file_stamp
-from .data import SpeechDataset, round_up
+from .constants import FRAME_RATE
+from .dataset import SpeechDataset, round_up
+from .fingerprints import digest, file_stamp
 from .store import Store, StaleStoreError, build_store, keyed_store, open_store
 from .surgery import FrozenPrefix
 
-StaleCacheError = StaleStoreError
 DTYPE = "float16"
 
 
@@ -52,7 +52,7 @@ def cache_size_bytes(prefix: FrozenPrefix, dataset: SpeechDataset, dtype=np.floa
 
 @torch.no_grad()
 def build_cache(prefix: FrozenPrefix, dataset: SpeechDataset, path: str | Path,
-                device: str = "cpu", progress: bool = True, key: str | None = None) -> Store:
+                device: str, progress: bool = True, key: str | None = None) -> Store:
     """Run ``prefix`` once over ``dataset`` (one clip at a time, so no padding enters the
     states) and write the cache ``path`` atomically. ``key``: ``cache_key``'s, when the
     caller has it already (hashing a large prefix's weights takes a while)."""
@@ -91,7 +91,7 @@ class CachedDataset(Dataset):
     def __init__(self, store: Store | str | Path, expected_key: str | None = None):
         self.store = store if isinstance(store, Store) else open_store(store, expected_key)
         if expected_key is not None and self.store.key != expected_key:
-            raise StaleCacheError(f"{self.store.path} was built for other inputs (backbone "
+            raise StaleStoreError(f"{self.store.path} was built for other inputs (backbone "
                                   "weights, layer, manifest, audio or crop policy changed)")
         self.states = torch.from_numpy(np.asarray(self.store.data))
         self.labels = torch.tensor(self.store.meta["labels"])
@@ -104,8 +104,8 @@ class CachedDataset(Dataset):
         return self.store.nbytes
 
     def durations(self) -> list[float]:
-        """Seconds each clip lasts (20 ms per frame): the length batches are budgeted by."""
-        return [frames * 0.02 for frames in self.store.lengths]
+        """Seconds each clip lasts (from its frames): the length batches are budgeted by."""
+        return [frames / FRAME_RATE for frames in self.store.lengths]
 
     def num_samples(self) -> list[int]:
         return self.store.lengths
@@ -132,7 +132,7 @@ def collate_cached(batch: list[dict], pad_multiple: int = 1) -> dict[str, torch.
 
 
 def get_cache(prefix: FrozenPrefix, dataset: SpeechDataset, root: str | Path,
-              device: str = "cpu", progress: bool = True) -> CachedDataset:
+              device: str, progress: bool = True) -> CachedDataset:
     """The cache for these inputs, built if missing or stale (load if present, else compute)."""
     key = cache_key(prefix, dataset)
     store = keyed_store(root, f"layer{prefix.k}", key,

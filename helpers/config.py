@@ -1,164 +1,178 @@
-"""One home for a run's settings (``RunConfig``) and the fingerprints that key its results.
+"""One home for every setting: ``RunConfig`` (a training run), ``TimingConfig`` (a timed
+training step) and ``BenchGrid`` (what ``bench`` sweeps).
 
-Every default of a run lives here and nowhere else: the command line, ``bench``, ``run()`` and
-the notebooks all build a ``RunConfig``. A result is saved under the fingerprint of the
-settings that change it, the data it was made on, the backbone's files and the code, so a
-result is reused only for exactly the inputs that produced it.
+Each default is written here once; the command line is generated from these dataclasses (same
+names: ``--num-epochs``, ``--max-batch-seconds``), and ``bench``, ``run()`` and the notebooks
+build them. Each field's ``help`` is what ``--help`` shows. Imports nothing heavy.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 
-import torch
+from .paths import default_results_root
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = PACKAGE_DIR.parent
-SAMPLE_DIR = PROJECT_ROOT / "data_sample"
 LEARNING_RATES = (1e-4, 2e-4, 5e-4, 1e-3)  # the bench chooses each method's rate among these
+# the notebooks' budget: 2 epochs of the bundled corpus (1 epoch and 16 s batches in SMOKE mode)
+NOTEBOOK_SETTINGS = {"num_epochs": 2}
+SMOKE_SETTINGS = {"num_epochs": 1, "max_batch_seconds": 16.0}
+SMOKE_CLIPS = 8  # clips per split in SMOKE mode
 
 # settings that change how a run goes, not what it computes: left out of its fingerprint
 NOT_IN_FINGERPRINT = ("num_workers", "log_every", "progress", "results_root",
                       "checkpoint_dir", "resume")
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Every setting of one training run, each with its one default."""
+def setting(default=None, help: str = "", **kwargs):
+    """A dataclass field with its ``--help`` text (read by the generated command line)."""
+    if "default_factory" in kwargs:
+        return field(metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
 
-    method: str = "full"              # full, partial(3), lora(16), cached(3)+bf16, ... (methods.py)
-    backbone: str = "tiny"            # tiny, a Hub id, a folder, random:wav2vec2-base|large
-    data: str = "bundled"             # bundled, msp:/path, iemocap:/path or a manifest CSV
-    device: str = "auto"              # auto: CUDA when available, else the CPU
-    attention: str = "sdpa"           # sdpa (fused kernel) or eager (for checks)
-    num_epochs: int = 6
-    lr: float = 5e-4                  # peak AdamW learning rate (warm-up, then linear decay)
-    max_batch_seconds: float = 32.0   # audio per batch, padding included (8 clips of 4 s)
-    max_clip_seconds: float = 4.0     # training crops a random window this long
-    seed: int = 0
-    verify_audio: bool = False        # key stores by a hash of each audio file, not size+time
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1         # share of the steps spent warming the rate up
-    max_grad_norm: float = 1.0
-    patience: int | None = None       # epochs without a better dev CCC before stopping
-    timing_skip_epochs: int = 1       # first epochs left out of the median seconds per epoch
-    num_workers: int | None = None    # loader processes; None: chosen for the device
-    log_every: int = 50               # steps between reading the loss back from the device
-    progress: bool = True
-    results_root: str = "results"     # results, caches and waveform stores go under it
-    checkpoint_dir: str | None = None
-    resume: bool = False
 
-    def __post_init__(self) -> None:
-        problems = [f"{name}={getattr(self, name)!r} must be {rule}" for name, rule, ok in [
-            ("num_epochs", "at least 1", self.num_epochs >= 1),
-            ("lr", "a positive finite number", 0 < self.lr < float("inf")),
-            ("max_batch_seconds", "positive", self.max_batch_seconds > 0),
-            ("max_clip_seconds", "positive", self.max_clip_seconds > 0),
-            ("seed", "0 or more", self.seed >= 0),
-            ("num_workers", "None or 0 or more", self.num_workers is None or
-             self.num_workers >= 0),
-            ("log_every", "at least 1", self.log_every >= 1),
-            ("patience", "None or at least 1", self.patience is None or self.patience >= 1),
-        ] if not ok]
-        if problems:
-            raise ValueError("RunConfig: " + "; ".join(problems))
+class Settings:
+    """What every settings dataclass can do: copy with changes, go to and from a dict."""
 
-    def resolved(self) -> "RunConfig":
-        """The same settings with ``device="auto"`` replaced by the device it picks."""
-        return replace(self, device=resolve_device(self.device))
-
-    def with_(self, **changes) -> "RunConfig":
+    def with_(self, **changes):
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "RunConfig":
+    def from_dict(cls, values: dict):
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"RunConfig has no settings {unknown}; known: {sorted(known)}")
+            raise ValueError(f"{cls.__name__} has no settings {unknown}; known: {sorted(known)}")
         return cls(**values)
 
-    def fingerprint(self, data: str, backbone: str | None = None,
-                    world_size: int = 1) -> str:
-        """The key of a result of this run on data with fingerprint ``data`` (in
-        ``world_size`` processes: the global batch is that many times the batch)."""
-        from .timing import device_name
-
-        resolved = self.resolved()
-        settings = {k: v for k, v in resolved.to_dict().items() if k not in NOT_IN_FINGERPRINT}
-        return digest(json.dumps({"settings": settings, "data": data, "code": code_version(),
-                                  "backbone": backbone or backbone_fingerprint(self.backbone),
-                                  "world_size": world_size,  # timings are of this hardware
-                                  "hardware": device_name(resolved.device)}, sort_keys=True))
+    def check(self, rules: list[tuple[str, str, bool]]) -> None:
+        """Refuse the settings whose rule does not hold, each named with what it must be."""
+        problems = [f"{name}={getattr(self, name)!r} must be {rule}" for name, rule, ok in rules
+                    if not ok]
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
 
 
-def timing_fingerprint(**settings) -> str:
-    """The key of a timing record (``time_method``): its settings and the code."""
-    return digest(json.dumps({**settings, "code": code_version()}, sort_keys=True))
+def finite(value: float) -> bool:
+    return not (math.isnan(value) or math.isinf(value))
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; a CUDA device that is not
-    there is refused with what to do."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    kind = device.split(":")[0]
-    if kind not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device!r}: use auto, cpu, cuda or cuda:N")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this machine has no usable CUDA GPU (torch "
-                         f"{torch.__version__}); use --device cpu or auto")
-    index = torch.device(device).index
-    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
-                         "visible GPU(s), numbered from 0")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r}: Apple's MPS is not available here; use cpu")
-    return device
+@dataclass(frozen=True)
+class RunConfig(Settings):
+    """Every setting of one training run, each with its one default."""
+
+    method: str = setting("full", "full, full+cnn, partial(3), lora(16), cached(3), "
+                          "weighted-sum; +bf16/+fp16/+auto/+tf32/+compile (see methods.py)")
+    backbone: str = setting("tiny", "tiny (bundled), a Hub id, a folder, or a preset such as "
+                            "random:wav2vec2-base")
+    data: str = setting("bundled", "bundled, msp:/path, iemocap:/path or a manifest CSV")
+    device: str = setting("auto", "auto (CUDA when available, else the CPU), cpu, cuda, cuda:N")
+    attention: str = setting("sdpa", "sdpa (fused kernel) or eager (for checks)")
+    num_epochs: int = setting(6, "passes over the training clips")
+    lr: float = setting(5e-4, "peak AdamW learning rate (warm-up, then linear decay)")
+    max_batch_seconds: float = setting(32.0, "audio per batch, padding included (8 clips of "
+                                       "4 s)")
+    max_clip_seconds: float = setting(4.0, "training crops a random window this long; "
+                                      "evaluation the centre window")
+    seed: int = setting(0, "seed of the weights' initialisation, crops and batch order")
+    verify_audio: bool = setting(False, "key stores and results by a hash of every audio file "
+                                 "(slower; catches files rewritten with size and time kept)")
+    weight_decay: float = setting(0.01, "AdamW weight decay")
+    warmup_ratio: float = setting(0.1, "share of the steps spent warming the rate up")
+    max_grad_norm: float = setting(1.0, "gradients are clipped to this norm")
+    patience: int | None = setting(None, "epochs without a better dev CCC before stopping "
+                                   "(default: never stop early)")
+    timing_skip_epochs: int = setting(1, "first epochs left out of the median seconds per "
+                                      "epoch")
+    num_workers: int | None = setting(None, "loader processes (default: chosen for the device)")
+    log_every: int = setting(50, "steps between reading the loss back from the device")
+    progress: bool = setting(True, "show progress bars")
+    results_root: str = setting(help="results, caches and waveform stores go under it "
+                                "(default: $RESULTS_DIR, else results/)",
+                                default_factory=default_results_root)
+    checkpoint_dir: str | None = setting(None, "write a checkpoint there after every epoch")
+    resume: bool = setting(False, "go on from the checkpoint (train) or keep the finished runs "
+                           "of the same fingerprint (bench)")
+
+    def __post_init__(self) -> None:
+        self.check([
+            ("num_epochs", "at least 1", self.num_epochs >= 1),
+            ("lr", "a positive finite number", finite(self.lr) and self.lr > 0),
+            ("max_batch_seconds", "positive", self.max_batch_seconds > 0),
+            ("max_clip_seconds", "positive", self.max_clip_seconds > 0),
+            ("seed", "0 or more", self.seed >= 0),
+            ("weight_decay", "0 or more", self.weight_decay >= 0),
+            ("warmup_ratio", "in [0, 1)", 0 <= self.warmup_ratio < 1),
+            ("max_grad_norm", "positive (it bounds the length of every update)",
+             finite(self.max_grad_norm) and self.max_grad_norm > 0),
+            ("timing_skip_epochs", "0 or more", self.timing_skip_epochs >= 0),
+            ("num_workers", "None or 0 or more", self.num_workers is None or
+             self.num_workers >= 0),
+            ("log_every", "at least 1", self.log_every >= 1),
+            ("patience", "None or at least 1", self.patience is None or self.patience >= 1),
+        ])
 
 
-def digest(text: str | bytes) -> str:
-    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+@dataclass(frozen=True)
+class TimingConfig(Settings):
+    """Every setting of a timed training step (``time_method``): speed, memory and FLOPs on a
+    batch of random audio, no convergence."""
+
+    method: str = setting("full", "the method whose training step is timed")
+    backbone: str = setting("random:wav2vec2-base", "random weights are enough for timing")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    attention: str = setting("sdpa", "sdpa or eager")
+    batch_size: int = setting(2, "clips per timed step")
+    clip_seconds: float = setting(3.0, "length of each clip")
+    num_steps: int = setting(5, "timed steps (the median is reported)")
+    warmup: int = setting(2, "untimed steps first (allocator growth, kernel selection)")
+    seed: int = setting(0, "seed of the weights and the random batch")
+
+    def __post_init__(self) -> None:
+        self.check([("batch_size", "at least 1", self.batch_size >= 1),
+                    ("clip_seconds", "positive", self.clip_seconds > 0),
+                    ("num_steps", "at least 1", self.num_steps >= 1),
+                    ("warmup", "0 or more", self.warmup >= 0),
+                    ("seed", "0 or more", self.seed >= 0)])
 
 
-def code_version() -> str:
-    """A hash of the helpers' source: a result made by other code is not reused."""
-    sources = sorted(p for p in PACKAGE_DIR.rglob("*.py") if "bundled" not in p.parts)
-    return digest(b"".join(p.read_bytes() for p in sources))[:16]
+@dataclass(frozen=True)
+class BenchGrid(Settings):
+    """What ``bench`` sweeps: methods, learning rates, seeds, rounds, and runs at once."""
+
+    methods: str = setting("", "comma-separated, e.g. full,partial(3),cached(3) (default: the "
+                           "series' grid)")
+    lrs: str = setting(",".join(f"{rate:g}" for rate in LEARNING_RATES),
+                       "peak learning rates to choose from on dev, per method; give one to "
+                       "train every method at it without a search")
+    seeds: int = setting(3, "seeds per method at its chosen learning rate")
+    repeats: int = setting(3, "with --timing-only: rounds over the grid (median per method)")
+    jobs: int = setting(1, "runs at once, sharing the CPU cores (timings are then per share; "
+                        "use 1 for timing)")
+    timing_only: bool = setting(False, "time a few training steps per method instead of "
+                                "training")
+    loader_only: bool = setting(False, "measure the input pipeline against the model")
+
+    def __post_init__(self) -> None:
+        self.check([("seeds", "at least 1", self.seeds >= 1),
+                    ("repeats", "at least 1", self.repeats >= 1),
+                    ("jobs", "at least 1", self.jobs >= 1),
+                    ("lrs", "comma-separated positive numbers", lr_list_ok(self.lrs))])
+
+    @property
+    def learning_rates(self) -> list[float]:
+        return [float(rate) for rate in self.lrs.split(",")]
+
+    @property
+    def method_names(self) -> list[str]:
+        return [name.strip() for name in self.methods.split(",") if name.strip()]
 
 
-def file_stamp(path: str | Path, content: bool = False) -> list:
-    """A file's identity: size and modification time, or (``content=True``) a hash of its
-    bytes, which also catches a file rewritten with its size and time restored."""
-    path = Path(path)
-    if content:
-        return [str(path), digest(path.read_bytes())]
-    stat = path.stat()
-    return [str(path), stat.st_size, stat.st_mtime_ns]
-
-
-def backbone_fingerprint(spec: str) -> str:
-    """A Hub id or preset is its name; a local folder (``tiny`` included) is its files."""
-    from .backbone import BUNDLED_BACKBONE
-
-    folder = BUNDLED_BACKBONE if spec == "tiny" else Path(spec)
-    if not folder.is_dir():
-        return spec
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin"))
-    return digest(json.dumps([file_stamp(p)[1:] + [p.name] for p in files]))
-
-
-def cpu_count() -> int:
-    """Cores this process may use (its affinity), not the machine's total."""
+def lr_list_ok(text: str) -> bool:
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
+        return all(finite(float(rate)) and float(rate) > 0 for rate in text.split(","))
+    except ValueError:
+        return False

@@ -18,7 +18,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from .backbone import blocks
+from .backbone import backbone_config, blocks
+from .constants import SAMPLE_RATE
+from .methods import layers_trained, parse_method
+from .paths import BUNDLED_BACKBONE
+from .probes import load_probes
+from .tables import summary_table
 
 def stage_flops(config: Wav2Vec2Config, batch_size: int, clip_seconds: float) -> pd.DataFrame:
     """Forward and backward FLOPs of each stage (CNN, projection, positional conv, layer 0 ...
@@ -26,7 +31,7 @@ def stage_flops(config: Wav2Vec2Config, batch_size: int, clip_seconds: float) ->
     in a training step where everything but the CNN trains."""
     with torch.device("meta"):
         backbone = Wav2Vec2Model(config)
-        audio = torch.zeros(batch_size, int(clip_seconds * 16_000))
+        audio = torch.zeros(batch_size, int(clip_seconds * SAMPLE_RATE))
     backbone.freeze_feature_encoder()
     names = {module: name for name, module in backbone.named_modules()}
     counts = {}
@@ -71,19 +76,8 @@ def training_flops(config: Wav2Vec2Config, batch_size: int, clip_seconds: float)
     return pd.DataFrame(rows).set_index("layers trained")
 
 
-def trainable_millions(config: Wav2Vec2Config) -> pd.Series:
-    """Trainable parameters (M) when the top n layers train (the head left out)."""
-    with torch.device("meta"):
-        backbone = Wav2Vec2Model(config)
-    per_layer = [sum(p.numel() for p in layer.parameters()) for layer in backbone.encoder.layers]
-    return pd.Series({n: sum(per_layer[len(per_layer) - n:]) / 1e6
-                      for n in range(1, len(per_layer) + 1)}, name="trainable (M)")
-
-
 @lru_cache(maxsize=64)
 def _costs(spec: str, batch_size: int, clip_seconds: float) -> pd.DataFrame:
-    from .backbone import backbone_config
-
     return training_flops(backbone_config(spec), batch_size, clip_seconds)
 
 
@@ -93,19 +87,15 @@ def explorer_inputs(spec: str, batch_size: int, clip_seconds: float, bench: pd.D
     (counted), the probe per layer and partial(n)'s test CCC (bundled backbone only: the
     others' weights are not here), and seconds per GFLOP of partial(3) as measured in the
     ``timing`` grid, which turns FLOPs into a predicted time on that grid's device."""
-    from .bundled.pretrain import load_probes
-    from .backbone import BUNDLED_BACKBONE
-    from .methods import parse_method
-    from .tables import summary_table
-
     costs = _costs(spec, batch_size, clip_seconds)
     probe = accuracy = None
     if spec == "tiny" and (BUNDLED_BACKBONE / "probe.json").is_file():
         probe = load_probes(BUNDLED_BACKBONE)["pretrained"]
     if spec == "tiny" and bench is not None:
-        rows = bench[bench["method"].str.fullmatch(r"partial\(\d+\)|full")]
+        sweep = {m: layers_trained(parse_method(m), len(costs)) for m in bench["method"].unique()}
+        rows = bench[bench["method"].map(sweep).notna()]
         summary = summary_table(rows)
-        layers = [parse_method(m).number or len(costs) for m in summary.index]
+        layers = [sweep[m] for m in summary.index]
         accuracy = summary.set_axis(layers)[["ccc_mean", "ccc_sd"]].sort_index()
     rate = None
     if timing is not None and "partial(3)" in set(timing["method"]):

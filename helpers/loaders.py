@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .config import cpu_count
+from .device import cpu_count
 
 
 @dataclass

@@ -1,29 +1,105 @@
-"""Finetuning methods as short strings, so that a results table, a command line and a notebook
-parameter all speak the same language:
+"""The method registry: the one place that knows what each finetuning method and option means.
 
-``full``, ``full+cnn``, ``partial(3)``, ``lora(16)``, ``cached(3)``, ``weighted-sum``,
-and any of them with ``+bf16``, ``+fp16`` or ``+auto`` for mixed precision, ``+tf32`` to let
-fp32 matrix products use TF32 tensor cores (a GPU option: plain ``fp32`` is true fp32), and
-``+compile`` to run the part that trains through ``torch.compile``.
+Methods are short strings, so that a results table, a command line and a notebook parameter
+all speak the same language: ``full``, ``full+cnn``, ``partial(3)``, ``lora(16)``,
+``cached(3)``, ``weighted-sum``, and any of them with ``+bf16``, ``+fp16`` or ``+auto`` for
+mixed precision, ``+tf32`` to let fp32 matrix products use TF32 tensor cores (a GPU option:
+plain ``fp32`` is true fp32), and ``+compile`` to run the part that trains through
+``torch.compile``.
+
+``KINDS`` maps each method kind to what defines it: the surgery function that prepares the
+model (``surgery.py``), whether it trains on audio or on a layer cache, what its number means,
+which kind-specific options it takes, where the bench runs it, and how it is drawn. ``OPTIONS``
+does the same for the ``+option`` suffixes. ``parse_method`` turns a string into a ``Method``
+once; everything downstream reads the parsed method's fields, never its name.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
-METHOD_PATTERN = re.compile(r"^(?P<kind>full|partial|lora|cached|weighted-sum)"
-                            r"(?:\((?P<number>\d+)\))?"
-                            r"(?P<options>(?:\+(?:cnn|bf16|fp16|auto|tf32|compile))*)$")
-PRECISION_OPTIONS = ("bf16", "fp16", "auto")
+import torch
+from torch import nn
+
+from .backbone import load_backbone
+from .config import RunConfig
+from .model import EmotionRegressor
+from .surgery import SplitRegressor, add_lora, train_all_layers, train_top_layers, weighted_sum
+
+
+@dataclass(frozen=True)
+class MethodKind:
+    """What defines one kind of method (one registry entry)."""
+
+    name: str
+    surgery: Callable[[EmotionRegressor, "Method"], nn.Module]  # leaves trainable what trains
+    summary: str                     # what trains, in a few words (tables, --help)
+    colour: str                      # the family's colour, the same in every figure
+    number: str | None = None        # what the number in ``kind(n)`` counts, if it takes one
+    counts_layers: bool = False      # the number is a count of top layers (checked against L)
+    trains_on_cache: bool = False    # trains on the frozen prefix's cached states, not audio
+    layer_sweep: bool = False        # a point of the "how many layers to train" sweep
+    kind_options: tuple[str, ...] = ()  # options only this kind takes (e.g. ``cnn``)
+    training_grid: tuple[str, ...] = ()  # what ``make bench`` trains (fp32)
+    training_bf16: tuple[str, ...] = ()  # ... and again with ``+bf16``
+    timing_grid: tuple[str, ...] = ()    # what the timing grid times (fp32)
+    timing_variants: dict[str, tuple[str, ...]] = field(default_factory=dict)  # option -> names
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``+option``: which field of ``Method`` it sets, and to what."""
+
+    name: str
+    attribute: str   # precision | tf32 | compile | train_cnn
+    value: object
+    summary: str
+
+
+KINDS = {kind.name: kind for kind in [
+    MethodKind("full", train_all_layers, "every transformer layer + head", "tab:blue",
+               layer_sweep=True, kind_options=("cnn",), training_grid=("full",),
+               training_bf16=("full",), timing_grid=("full", "full+cnn"),
+               timing_variants={"bf16": ("full",), "compile": ("full",)}),
+    MethodKind("partial", train_top_layers, "the top n layers + head", "tab:green",
+               number="layers trained", counts_layers=True, layer_sweep=True,
+               training_grid=tuple(f"partial({n})" for n in range(1, 6)),
+               training_bf16=("partial(3)",), timing_grid=("partial(3)",),
+               timing_variants={"bf16": ("partial(3)",), "compile": ("partial(3)",)}),
+    MethodKind("lora", add_lora, "low-rank adapters on attention + head", "tab:purple",
+               number="rank", training_grid=("lora(16)",), timing_grid=("lora(16)",),
+               timing_variants={"bf16": ("lora(16)",)}),
+    MethodKind("cached", train_top_layers, "the top n layers on stored prefix outputs",
+               "tab:orange", number="layers trained", counts_layers=True,
+               trains_on_cache=True, training_grid=("cached(3)",),
+               training_bf16=("cached(3)",), timing_grid=("cached(3)",),
+               timing_variants={"bf16": ("cached(3)",), "compile": ("cached(3)",)}),
+    MethodKind("weighted-sum", weighted_sum, "a learned mix of frozen layers + head",
+               "tab:brown", training_grid=("weighted-sum",), timing_grid=("weighted-sum",)),
+]}
+
+OPTIONS = {option.name: option for option in [
+    Option("cnn", "train_cnn", True, "train the CNN feature encoder too"),
+    Option("bf16", "precision", "bf16", "bf16 autocast"),
+    Option("fp16", "precision", "fp16", "fp16 autocast with a gradient scaler"),
+    Option("auto", "precision", "auto", "bf16 where supported, else fp16 (fp32 on the CPU)"),
+    Option("tf32", "tf32", True, "let fp32 matrix products use TF32 tensor cores (CUDA)"),
+    Option("compile", "compile", True, "torch.compile the part that trains"),
+]}
+KIND_OPTIONS = {option: [kind.name for kind in KINDS.values() if option in kind.kind_options]
+                for option in OPTIONS if any(option in k.kind_options for k in KINDS.values())}
+PATTERN = re.compile(rf"^(?P<kind>{'|'.join(map(re.escape, KINDS))})(?:\((?P<number>\d+)\))?"
+                     rf"(?P<options>(?:\+(?:{'|'.join(OPTIONS)}))*)$")
 EXAMPLES = "full, full+cnn, partial(3), lora(16), cached(3), weighted-sum, partial(3)+bf16"
 
 
 @dataclass(frozen=True)
 class Method:
-    """A finetuning method: what trains, how, and in which precision."""
+    """A parsed finetuning method: what trains, how, and in which precision."""
 
-    kind: str = "full"           # full | partial | lora | cached | weighted-sum
+    kind: str = "full"
     number: int | None = None    # layers trained (partial, cached) or LoRA rank
     train_cnn: bool = False
     precision: str = "fp32"
@@ -31,44 +107,111 @@ class Method:
     compile: bool = False
 
     @property
+    def spec(self) -> MethodKind:
+        """This method's registry entry."""
+        return KINDS[self.kind]
+
+    @property
     def name(self) -> str:
         text = self.kind + (f"({self.number})" if self.number is not None else "")
-        return text + ("+cnn" if self.train_cnn else "") + \
-            (f"+{self.precision}" if self.precision != "fp32" else "") + \
-            ("+tf32" if self.tf32 else "") + ("+compile" if self.compile else "")
+        chosen = [option.name for option in OPTIONS.values()
+                  if getattr(self, option.attribute) == option.value]
+        return "+".join([text, *chosen])
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Whether it runs in a 16-bit autocast (drawn hollow beside its fp32 twin)."""
+        return self.precision != "fp32"
+
+    @property
+    def needs_native_bf16(self) -> bool:
+        """bf16 asked for by name: pointless where bf16 is emulated (about 10x slower)."""
+        return self.precision == OPTIONS["bf16"].value
+
+    @property
+    def base(self) -> "Method":
+        """The fp32 method this is a variant of (``partial(3)+bf16`` -> ``partial(3)``): a
+        variant trains at the learning rate chosen for its base method."""
+        return Method(self.kind, self.number, self.train_cnn)
 
 
-def parse_method(text: str) -> Method:
-    """``"partial(3)+bf16"`` -> Method("partial", 3, precision="bf16")."""
-    match = METHOD_PATTERN.match(text.strip())
-    needs_number = match and match["kind"] in ("partial", "lora", "cached")
-    if not match or bool(match["number"]) != bool(needs_number):
+def parse_method(text: str | Method) -> Method:
+    """``"partial(3)+bf16"`` -> Method("partial", 3, precision="bf16"); a Method passes."""
+    if isinstance(text, Method):
+        return text
+    match = PATTERN.match(text.strip())
+    if not match or bool(match["number"]) != bool(KINDS[match["kind"]].number):
         raise ValueError(f"unknown method {text!r}; examples: {EXAMPLES}")
-    options = match["options"].split("+")[1:]
-    precisions = [o for o in options if o in PRECISION_OPTIONS]
-    if len(precisions) > 1 or len(set(options)) < len(options):
+    kind, options = KINDS[match["kind"]], match["options"].split("+")[1:]
+    attributes = [OPTIONS[o].attribute for o in options]
+    if len(set(attributes)) < len(attributes):
         raise ValueError(f"method {text!r} repeats an option or names two precisions")
-    if "cnn" in options and match["kind"] != "full":
-        raise ValueError(f"method {text!r}: +cnn (training the CNN feature encoder) is only "
-                         f"possible with full finetuning; {match['kind']} keeps the CNN frozen")
+    for name in set(options) & KIND_OPTIONS.keys() - set(kind.kind_options):
+        raise ValueError(f"method {text!r}: +{name} ({OPTIONS[name].summary}) is only "
+                         f"possible with {', '.join(KIND_OPTIONS[name])}; {kind.name} does "
+                         "not take it")
     number = int(match["number"]) if match["number"] else None
     if number == 0:
-        raise ValueError(f"method {text!r}: the number must be at least 1 "
-                         "(layers trained, or the LoRA rank)")
-    return Method(match["kind"], number, "cnn" in options, precisions[0] if precisions else "fp32",
-                  "tf32" in options, "compile" in options)
+        raise ValueError(f"method {text!r}: the number ({kind.number}) must be at least 1")
+    return Method(kind.name, number, **{OPTIONS[o].attribute: OPTIONS[o].value for o in options})
+
+
+def base_method(name: str) -> str:
+    """The name of the fp32 method a variant belongs to (see ``Method.base``)."""
+    return parse_method(name).base.name
 
 
 def check_fits(method: Method, num_layers: int) -> None:
-    """Refuse a partial/cached method that would train more layers than the backbone has."""
-    if method.kind in ("partial", "cached") and method.number > num_layers:
+    """Refuse a method that would train more layers than the backbone has."""
+    if method.spec.counts_layers and method.number > num_layers:
         raise ValueError(f"method {method.name}: the backbone has {num_layers} transformer "
                          f"layers, so at most {method.kind}({num_layers})")
 
 
-def base_method(name: str) -> str:
-    """The fp32 method a mixed-precision variant belongs to: ``partial(3)+bf16`` ->
-    ``partial(3)``. Mixed precision is meant as a drop-in change to the same recipe, so a
-    variant trains at the learning rate chosen for its base method."""
-    method = parse_method(name)
-    return Method(method.kind, method.number, method.train_cnn).name
+def layers_trained(method: Method, num_layers: int) -> int | None:
+    """Where ``method`` sits in the layer sweep (full: every layer), else None."""
+    if not method.spec.layer_sweep or method != Method(method.kind, method.number):
+        return None
+    return method.number if method.spec.counts_layers else num_layers
+
+
+def training_grid() -> list[str]:
+    """What ``make bench`` trains: every kind's fp32 methods, then their bf16 twins."""
+    plain = [name for kind in KINDS.values() for name in kind.training_grid]
+    return plain + [f"{name}+bf16" for kind in KINDS.values() for name in kind.training_bf16]
+
+
+def timing_grid() -> list[str]:
+    """What the timing grid times: every kind's fp32 methods, then each option's variants."""
+    names = [name for kind in KINDS.values() for name in kind.timing_grid]
+    for option in ("bf16", "compile"):
+        names += [f"{name}+{option}" for kind in KINDS.values()
+                  for name in kind.timing_variants.get(option, ())]
+    return names
+
+
+def colour(method: Method | str) -> str:
+    """The colour of a method's family (``partial(3)+bf16`` -> partial's)."""
+    return parse_method(method).spec.colour
+
+
+@dataclass
+class Prepared:
+    """A model ready for ``fit``; for split methods, the split (whose prefix a cache stores)."""
+
+    model: nn.Module
+    regressor: EmotionRegressor
+    split: SplitRegressor | None = None
+
+
+def prepare(method: Method | str, backbone: str = RunConfig.backbone, seed: int = RunConfig.seed,
+            attention: str = RunConfig.attention) -> Prepared:
+    """Build the regressor and let the method's surgery leave exactly what it trains
+    trainable; a method that trains on a cache trains the split's suffix."""
+    method = parse_method(method)
+    torch.manual_seed(seed)
+    regressor = EmotionRegressor(load_backbone(backbone, seed=seed, attention=attention))
+    check_fits(method, regressor.backbone.config.num_hidden_layers)
+    model = method.spec.surgery(regressor, method)
+    split = model if isinstance(model, SplitRegressor) else None
+    return Prepared(split.suffix if method.spec.trains_on_cache else model, regressor, split)

@@ -7,10 +7,9 @@ penalises predictions that are shifted or scaled, so a model must get the level 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
 
-from .data import DIMENSIONS
+from .constants import DIMENSIONS
 
 
 def ccc_per_dimension(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -41,7 +40,3 @@ def ccc_report(pred: torch.Tensor, target: torch.Tensor,
     scores = ccc_per_dimension(pred, target).tolist()
     return {**dict(zip(names, scores)), "mean": float(np.mean(scores))}
 
-
-def report_table(reports: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """Several ``ccc_report`` results side by side, one row each."""
-    return pd.DataFrame(reports).T.round(3)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import Wav2Vec2Model
 
-from .data import DIMENSIONS
+from .constants import DIMENSIONS
 
 
 def frame_mask(frame_lengths: torch.Tensor, num_frames: int) -> torch.Tensor:

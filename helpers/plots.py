@@ -7,14 +7,9 @@ from typing import Callable
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 
+from .methods import KINDS, colour, parse_method
 from .results import Result, label, memory_column, readable
-
-
-def method_colour(name: str) -> str:
-    """The colour of a method's family (``partial(3)+bf16`` -> partial's), fixed series-wide."""
-    return METHOD_COLOURS.get(name.split("(")[0].split("+")[0], "tab:gray")
 
 
 def tradeoff_figure(summary: pd.DataFrame, time_column: str = "seconds_per_epoch",
@@ -28,11 +23,10 @@ def tradeoff_figure(summary: pd.DataFrame, time_column: str = "seconds_per_epoch
     figure, axes = plt.subplots(figsize=(8, 4.8))
     scale = 400 / summary[memory].max()
     for _, row in data.iterrows():
-        colour, mixed = method_colour(row["method"]), "+bf16" in row["method"] or \
-            "+fp16" in row["method"]
+        method = parse_method(row["method"])
         axes.scatter(row[time_column], row["ccc_mean"], s=max(row[memory] * scale, 30),
-                     facecolors="none" if mixed else colour, edgecolors=colour, linewidths=2,
-                     alpha=0.8)
+                     facecolors="none" if method.mixed_precision else colour(method),
+                     edgecolors=colour(method), linewidths=2, alpha=0.8)
         if "ccc_sd" in data and pd.notna(row["ccc_sd"]):
             axes.errorbar(row[time_column], row["ccc_mean"], yerr=row["ccc_sd"], fmt="none",
                           ecolor="grey", alpha=0.6)
@@ -60,9 +54,6 @@ def axis_limits(summary: pd.DataFrame, time_column: str) -> tuple[tuple, tuple]:
 
 DIMENSION_COLOURS = {"arousal": "tab:red", "valence": "tab:blue", "dominance": "tab:green",
                      "mean": "black"}
-# one colour per method family, the same in every figure of the series
-METHOD_COLOURS = {"full": "tab:blue", "partial": "tab:green", "lora": "tab:purple",
-                  "cached": "tab:orange", "weighted-sum": "tab:brown"}
 
 
 def layer_profile(probes: dict[str, pd.DataFrame], title: str = "what each layer knows"):
@@ -107,7 +98,7 @@ def sweep_figure(summary: pd.DataFrame, layers: pd.Series, highlight: int | None
     figure, axes = plt.subplots(1, len(columns), figsize=(13, 3))
     for ax, (column, title) in zip(axes, columns):
         values = summary[column] / (1e6 if column == "trainable_params" else 1)
-        ax.plot(layers, values, marker="o", color=METHOD_COLOURS["partial"])
+        ax.plot(layers, values, marker="o", color=KINDS["partial"].colour)
         if column == "ccc_mean" and "ccc_sd" in summary:
             ax.fill_between(layers, summary["ccc_mean"] - summary["ccc_sd"].fillna(0),
                             summary["ccc_mean"] + summary["ccc_sd"].fillna(0), alpha=0.2)
@@ -120,10 +111,11 @@ def sweep_figure(summary: pd.DataFrame, layers: pd.Series, highlight: int | None
 
 
 def cumulative_time(epoch_seconds: dict[str, float], build_seconds: dict[str, float],
-                    num_epochs: int = 20):
-    """Total training time after each epoch, one-off costs (the cache build) included."""
+                    horizon: int = 20):
+    """Total training time after each epoch (up to ``horizon`` epochs), one-off costs (the
+    cache build) included."""
     figure, axes = plt.subplots(figsize=(6, 3.5))
-    epochs = range(0, num_epochs + 1)
+    epochs = range(0, horizon + 1)
     for name, seconds in epoch_seconds.items():
         start = build_seconds.get(name, 0.0)
         axes.plot(epochs, [start + e * seconds for e in epochs], label=name)
@@ -137,11 +129,12 @@ def cumulative_time(epoch_seconds: dict[str, float], build_seconds: dict[str, fl
 def results_explorer(summary: pd.DataFrame, time_column: str = "seconds_per_epoch"):
     """Filter the trade-off table and figure by method family and precision; the axes and
     colours stay fixed, so that views can be compared."""
+    # optional: the Jupyter stack is not installed on every machine that draws figures
     import ipywidgets as widgets
     from IPython.display import display
 
-    families = sorted({name.split("(")[0].split("+")[0] for name in summary.index})
-    precision = lambda name: "bf16" if "+bf16" in name else "fp16" if "+fp16" in name else "fp32"
+    methods = {name: parse_method(name) for name in summary.index}
+    families = sorted({method.kind for method in methods.values()})
     chosen = widgets.SelectMultiple(options=families, value=tuple(families),
                                     description="methods")
     precisions = widgets.Dropdown(options=["any", "fp32", "bf16"], value="any",
@@ -150,8 +143,8 @@ def results_explorer(summary: pd.DataFrame, time_column: str = "seconds_per_epoc
 
     def redraw(_=None):
         keep = [name for name in summary.index
-                if name.split("(")[0].split("+")[0] in chosen.value
-                and precisions.value in ("any", precision(name))]
+                if methods[name].kind in chosen.value
+                and precisions.value in ("any", methods[name].precision)]
         with output:
             output.clear_output(wait=True)
             if not keep:
@@ -196,7 +189,7 @@ def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None 
              "to layer 1)", ylabel="probe test CCC", title="what each layer knows")
     for column, style in (("partial GFLOP/step", "-"), ("cached GFLOP/step", "--")):
         cost.plot(costs.index, costs[column], style, marker="o", markersize=3,
-                  label=column.split()[0], color=METHOD_COLOURS[column.split()[0]])
+                  label=column.split()[0], color=KINDS[column.split()[0]].colour)
         cost.plot([n], [costs.at[n, column]], "o", markersize=11, markerfacecolor="none",
                   markeredgecolor="black")
     cost.set(xlim=(0.5, num_layers + 0.5), ylim=(0, costs.to_numpy().max() * 1.1),
@@ -209,7 +202,7 @@ def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None 
     cost.legend(fontsize=8, loc="upper left")
     if accuracy is not None and len(accuracy):
         score.errorbar(accuracy.index, accuracy["ccc_mean"], yerr=accuracy["ccc_sd"].fillna(0),
-                       marker="o", capsize=3, color=METHOD_COLOURS["partial"])
+                       marker="o", capsize=3, color=KINDS["partial"].colour)
         if n in accuracy.index:
             score.plot([n], [accuracy.at[n, "ccc_mean"]], "o", markersize=11,
                        markerfacecolor="none", markeredgecolor="black")
@@ -226,19 +219,20 @@ def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None 
 
 
 def layer_choice_explorer(inputs: Callable[[str, int, float], dict], start: int = 3,
-                          batch_size: int = 8, clip_seconds: float = 4.0):
+                          start_batch: int = 8, start_clip: float = 4.0):
     """Sliders over the backbone, the layers trained, the batch and the clip length; the
     figure (``layer_choice_figure``) redraws from ``inputs(backbone, batch, clip)``, which
     returns its costs, probe, accuracy and seconds per GFLOP (counted or measured before)."""
+    # optional: the Jupyter stack is not installed on every machine that draws figures
     import ipywidgets as widgets
     from IPython.display import display
 
     backbone = widgets.Dropdown(options=list(BACKBONE_CHOICES), description="backbone")
     layers = widgets.IntSlider(value=start, min=1, max=6, description="layers trained",
                                continuous_update=False, style={"description_width": "initial"})
-    batch = widgets.IntSlider(value=batch_size, min=1, max=64, description="batch",
+    batch = widgets.IntSlider(value=start_batch, min=1, max=64, description="batch",
                               continuous_update=False)
-    clip = widgets.FloatSlider(value=clip_seconds, min=1, max=10, step=0.5,
+    clip = widgets.FloatSlider(value=start_clip, min=1, max=10, step=0.5,
                                description="clip (s)", continuous_update=False)
     output = widgets.Output()
 

@@ -7,10 +7,7 @@ fingerprint of everything that produced them. ``COLUMNS`` gives every column its
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import pandas as pd
 
@@ -142,38 +139,3 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     table.index.name = label(table.index.name) if table.index.name else None
     return table.rename(columns=label)
 
-
-def append_record(record: Record | dict, path: str | Path) -> None:
-    """Append one record to a JSON-lines results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    values = record.to_dict() if isinstance(record, Record) else record
-    with path.open("a") as stream:
-        stream.write(json.dumps(values) + "\n")
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """The records of a JSON-lines file; a line cut short by a crash is left out, with a
-    warning naming it."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"warning: {path}:{number} is not a complete record (cut short?); skipped")
-    return records
-
-
-def write_records(records: list[dict], path: str | Path) -> None:
-    """Replace ``path`` with ``records`` atomically: the old file stays until the new one is
-    complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    temporary.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(temporary, path)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-FRAMES_PER_SECOND = 50  # Wav2Vec2's CNN emits one frame per 20 ms
+from .constants import FRAME_RATE
+
 CACHE_BYTES_PER_VALUE = 2  # fp16
 
 
@@ -31,7 +32,7 @@ def epoch_plan(step_seconds: dict[str, float], batch_audio_seconds: float, corpu
 
 def cache_gib(corpus_hours: float, width: int) -> float:
     """GiB of fp16 hidden states for ``corpus_hours`` of audio at a layer of ``width``."""
-    return corpus_hours * 3600 * FRAMES_PER_SECOND * width * CACHE_BYTES_PER_VALUE / 2**30
+    return corpus_hours * 3600 * FRAME_RATE * width * CACHE_BYTES_PER_VALUE / 2**30
 
 
 def cache_plan(corpus_hours: float, widths: dict[str, int], host_gib: float,

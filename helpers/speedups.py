@@ -10,10 +10,13 @@ multiple of ``COMPILE_PAD_SECONDS`` so the compiled graphs meet few distinct sha
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from .methods import Method
+if TYPE_CHECKING:  # for type hints only: the registry sits above this module
+    from .methods import Method
 
 COMPILE_PAD_SECONDS = 0.5
 
@@ -34,7 +37,7 @@ def compile_trainable(model: nn.Module, method: Method) -> nn.Module:
     parameters, so the optimizer and checkpoints see no difference in what trains)."""
     if not method.compile:
         return model
-    if method.kind == "partial":
+    if hasattr(model, "prefix"):  # a split model: its frozen prefix runs once, uncompiled
         model.suffix = torch.compile(model.suffix)
         return model
     return torch.compile(model)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import ccc
+from .tables import final_runs
 
 MARGIN = 0.02  # differences of mean CCC smaller than this count as "the same"
 
@@ -77,7 +78,6 @@ def verdict_table(results: pd.DataFrame, reference: str = "full",
                   margin: float = MARGIN) -> pd.DataFrame:
     """Each method against ``reference``: the bootstrap interval and the verdict. Runs without
     stored test predictions are left out."""
-    from .tables import final_runs
 
     results = final_runs(results)  # each method at its chosen learning rate
     results = results[results["test_predictions"].map(lambda p: isinstance(p, list) and

@@ -1,14 +1,49 @@
-"""Changing what trains: freezing the feature encoder, training only the last layers."""
+"""Changing what trains: freezing the feature encoder, training only the last layers, adapters.
+
+Each method's surgery function takes the regressor and the parsed method and returns the model
+to train, with exactly the parameters the method trains left trainable (``methods.KINDS`` names
+which function each method uses).
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import Wav2Vec2Model
 from transformers.masking_utils import create_bidirectional_mask
 
-from .data import wants_attention_mask
-from .model import EmotionRegressor, frame_mask
+from .dataset import wants_attention_mask
+from .model import EmotionRegressor, WeightedSumRegressor, frame_mask
+
+if TYPE_CHECKING:  # for type hints only: the registry sits above the surgery it names
+    from .methods import Method
+
+
+# ------------------------------------------------------------- the methods' surgery functions
+def train_all_layers(model: EmotionRegressor, method: Method) -> EmotionRegressor:
+    """full: every transformer layer and the head train; the CNN too with ``+cnn``."""
+    return model if method.train_cnn else freeze_feature_encoder(model)
+
+
+def train_top_layers(model: EmotionRegressor, method: Method) -> SplitRegressor:
+    """partial(n), cached(n): the top n layers and the head train, the prefix is frozen."""
+    return split_at_layer(model, model.backbone.config.num_hidden_layers - method.number)
+
+
+def add_lora(model: EmotionRegressor, method: Method) -> nn.Module:
+    """lora(r): rank-r adapters on the attention projections; adapters and head train."""
+    return apply_lora(model, r=method.number)
+
+
+def weighted_sum(model: EmotionRegressor, method: Method) -> WeightedSumRegressor:
+    """weighted-sum: a frozen backbone, a learned mix of its layers, and the head."""
+    return WeightedSumRegressor(model)
+
+
+# ------------------------------------------------------------------------- the building blocks
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -171,8 +206,6 @@ def apply_lora(model: EmotionRegressor, r: int = 16, alpha: int = 32, dropout: f
     optionally only in the last ``layers`` layers. No ``task_type`` is set: peft's task
     wrappers would forward ``input_ids``, which a speech model does not take.
     """
-    from peft import LoraConfig, get_peft_model
-
     modules = ATTENTION + (FEED_FORWARD if feed_forward else ())
     model.backbone.freeze_feature_encoder()  # no backward pass through the frozen CNN
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, modules_to_save=["head"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .config import LEARNING_RATES  # noqa: F401  (re-exported for the bench)
 from .methods import base_method
 from .results import memory_column
 

@@ -6,7 +6,6 @@ and the first steps (allocator growth, kernel selection) must be discarded as wa
 
 from __future__ import annotations
 
-import platform
 import resource
 import statistics
 import sys
@@ -24,8 +23,8 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[], object], num_steps: int, warmup: int = 2,
-               device: torch.device | str = "cpu") -> list[float]:
+def time_steps(step: Callable[[], object], num_steps: int, warmup: int,
+               device: torch.device | str) -> list[float]:
     """Seconds taken by each of ``num_steps`` calls of ``step``, after ``warmup`` unmeasured ones."""
     for _ in range(warmup):
         step()
@@ -95,28 +94,6 @@ def peak_share(flops_per_step: float, seconds_per_step: float, attainable: float
     """Achieved FLOP/s of a step as a share of the attainable FLOP/s (model FLOPs
     utilisation)."""
     return flops_per_step / seconds_per_step / attainable
-
-
-def device_name(device: torch.device | str) -> str:
-    """A human-readable name of the device, recorded with every measurement: the GPU's model,
-    or the CPU's with its threads and whether it runs bf16 natively."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return (f"{cpu_name()} ({torch.get_num_threads()} threads, "
-            f"{'native' if native else 'emulated'} bf16)")
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux: /proc/cpuinfo), else what platform reports."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @contextmanager

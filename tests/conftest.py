@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 from transformers import Wav2Vec2Config
 
-from helpers.data import DIMENSIONS
+from helpers.constants import DIMENSIONS
 
 _guard = importlib.util.spec_from_file_location(
     "netguard", Path(__file__).parent / "netguard" / "sitecustomize.py")

@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
-from helpers.data import ManifestError, from_common, iemocap, msp_podcast, to_common
-
 from conftest import write_tone
+from helpers.corpora import iemocap, msp_podcast
+from helpers.manifests import ManifestError, from_common, to_common
 
 MSP_LABELS = """FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set
 MSP-PODCAST_0001_0008.wav,N,4.2,4.0,4.4,127,Female,Train

@@ -2,9 +2,8 @@ import pytest
 import torch
 from transformers import Wav2Vec2Model
 
-from helpers.backbone import count_parameters, load_backbone
-
 from conftest import small_config
+from helpers.backbone import count_parameters, load_backbone
 
 
 @pytest.mark.parametrize("spec, low, high", [("random:wav2vec2-base", 94e6, 95e6),

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from transformers import Wav2Vec2Model
 
-from helpers.backbone import BUNDLED_BACKBONE, count_parameters, load_backbone, tiny_config
-from helpers.bundled.baselines import layer_probe
-from helpers.data import sample_manifest
-from helpers.bundled.pretrain import best_layer_figures, load_probes, pretrain, read_recipe
+from helpers.backbone import count_parameters, load_backbone, tiny_config
+from helpers.bundled.pretrain import best_layer_figures, pretrain, read_recipe
+from helpers.manifests import sample_manifest
+from helpers.paths import BUNDLED_BACKBONE
+from helpers.probes import layer_probe, load_probes
 
 
 def test_plain_transformers_loads_it_offline():
@@ -62,7 +63,7 @@ def test_the_bare_command_is_the_recipe_that_made_it():
 
 
 def test_max_pooling_takes_the_largest_value_over_time_and_others_are_refused():
-    from helpers.bundled.baselines import pooled_hidden_states
+    from helpers.probes import pooled_hidden_states
 
     clips = sample_manifest().head(2)
     backbone = load_backbone("tiny")
@@ -73,8 +74,8 @@ def test_max_pooling_takes_the_largest_value_over_time_and_others_are_refused():
 
 
 def test_ridge_probe_scores_the_predictions_ridge_predictions_returns():
-    from helpers.bundled.baselines import common_labels, ridge_predictions, ridge_probe
     from helpers.metrics import ccc
+    from helpers.probes import common_labels, ridge_predictions, ridge_probe
 
     manifest = sample_manifest()
     features = np.random.default_rng(0).normal(size=(len(manifest), 4))

@@ -5,15 +5,14 @@ import pytest
 import torch
 from transformers import Wav2Vec2Model
 
-from helpers.cache import (CachedDataset, StaleCacheError, build_cache, cache_key, collate_cached,
-                           get_cache)
-from helpers.data import SpeechDataset, collate_for
+from conftest import small_config
+from helpers.cache import CachedDataset, build_cache, cache_key, collate_cached, get_cache
+from helpers.dataset import SpeechDataset, collate_for
 from helpers.loaders import to_device
 from helpers.metrics import ccc_loss
 from helpers.model import EmotionRegressor
+from helpers.store import StaleStoreError
 from helpers.surgery import split_at_layer
-
-from conftest import small_config
 
 K = 1
 
@@ -51,7 +50,8 @@ def test_a_cached_step_equals_a_partial_step(tmp_path, manifest_rows, variant, m
                                  live_batch["labels"])
 
     cached_model = split_model(variant)
-    cache = CachedDataset(build_cache(cached_model.prefix, dataset, tmp_path / "c", progress=False))
+    cache = CachedDataset(build_cache(cached_model.prefix, dataset, tmp_path / "c", "cpu",
+                                         progress=False))
     cached_batch = collate_cached([cache[i] for i in range(len(cache))])
     assert cached_batch["hidden"].dtype == torch.float16  # cast where it is used
     cached_loss, cached_grads = step(cached_model, cached_model.suffix,
@@ -70,10 +70,10 @@ def test_cache_is_rebuilt_when_any_input_changes(tmp_path, manifest_rows):
     manifest = pd.DataFrame(manifest_rows)
     model = split_model("base")
     dataset = SpeechDataset(manifest, "train")
-    first = get_cache(model.prefix, dataset, tmp_path)
+    first = get_cache(model.prefix, dataset, tmp_path, "cpu")
     assert len(first) == 2 and first[0]["hidden"].dtype == torch.float16
     key = cache_key(model.prefix, dataset)
-    assert get_cache(model.prefix, dataset, tmp_path).store.key == key  # reused
+    assert get_cache(model.prefix, dataset, tmp_path, "cpu").store.key == key  # reused
 
     changed_labels = manifest.assign(arousal=manifest["arousal"] + 0.5)
     assert cache_key(model.prefix, SpeechDataset(changed_labels, "train")) != key
@@ -83,7 +83,7 @@ def test_cache_is_rebuilt_when_any_input_changes(tmp_path, manifest_rows):
     with torch.no_grad():
         model.model.backbone.encoder.layers[0].attention.q_proj.weight[0, 0] += 1.0
     assert cache_key(model.prefix, dataset) != key
-    with pytest.raises(StaleCacheError, match="other inputs"):
+    with pytest.raises(StaleStoreError, match="other inputs"):
         CachedDataset(next(tmp_path.glob("layer1-*")), expected_key=cache_key(model.prefix,
                                                                              dataset))
 
@@ -113,16 +113,16 @@ def test_an_interrupted_build_leaves_nothing_that_is_served(tmp_path, manifest_r
 
     monkeypatch.setattr(SpeechDataset, "__getitem__", crash_on_second_clip)
     with pytest.raises(KeyboardInterrupt):
-        get_cache(model.prefix, dataset, root)
+        get_cache(model.prefix, dataset, root, "cpu")
     monkeypatch.setattr(SpeechDataset, "__getitem__", real_getitem)
     assert list(root.iterdir()) == []  # neither a store nor the partial build is left
     with pytest.raises(FileNotFoundError, match="not a complete store"):
         CachedDataset(root / "layer1-anything")
-    assert len(get_cache(model.prefix, dataset, root)) == 2  # rebuilt on the next run
+    assert len(get_cache(model.prefix, dataset, root, "cpu")) == 2  # rebuilt on the next run
 
 
 def test_random_crops_cannot_be_cached(tmp_path, manifest_rows):
     model = split_model("base")
     with pytest.raises(ValueError, match="train=False"):
         build_cache(model.prefix, SpeechDataset(pd.DataFrame(manifest_rows), "train", train=True),
-                    tmp_path / "c")
+                    tmp_path / "c", "cpu")

@@ -7,11 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers.bundled.baselines import prosodic_table, ridge_probe
+from helpers.audio import read_audio
 from helpers.bundled.corpus import (ADJECTIVES, FRAMES, SPEAKERS, espeak_available, plan_corpus,
-                            render_clip)
-from helpers.data import DIMENSIONS, SAMPLE_DIR, read_audio, sample_manifest
+                                    render_clip)
 from helpers.bundled.datasheet import corpus_statistics, espeak_version
+from helpers.constants import DIMENSIONS
+from helpers.manifests import sample_manifest
+from helpers.paths import SAMPLE_DIR
+from helpers.probes import prosodic_table, ridge_probe
 
 STATS = json.loads((SAMPLE_DIR / "stats.json").read_text())
 

@@ -3,11 +3,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers.data import (DIMENSIONS, AudioError, ManifestError,
-                          SpeechDataset, collate_for, from_common, load_manifest,
-                          read_audio, to_common, validate_manifest)
-
 from conftest import small_config, write_tone
+from helpers.audio import AudioError, read_audio
+from helpers.constants import DIMENSIONS
+from helpers.dataset import SpeechDataset, collate_for
+from helpers.manifests import (ManifestError, from_common, load_manifest, to_common,
+                               validate_manifest)
 
 
 def test_stereo_44k_comes_out_16k_mono(tmp_path):

@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers.checkpoints import load_checkpoint, load_trainable_state
 from helpers.config import RunConfig
-from helpers.data import load_data
-from helpers.experiments import audio_loaders, cached_loaders, prepare, run
+from helpers.corpora import load_data
+from helpers.methods import parse_method, prepare
 from helpers.notebook import smoke_subset
-from helpers.train import evaluate, load_checkpoint, load_trainable_state
+from helpers.run import audio_loaders, cached_loaders, run
+from helpers.train import evaluate
 
 GUARD = Path(__file__).parent / "netguard"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -62,9 +64,11 @@ def test_two_processes_share_an_epoch_score_once_and_write_once(tmp_path, subset
     prepared = prepare(config.method, config.backbone, config.seed)
     load_trainable_state(prepared.model, load_checkpoint(tmp_path / "ck" / "last.pt")
                          ["best_trainable"])
-    loaders = (cached_loaders(prepared, manifest, config)[0] if method.startswith("cached")
-               else audio_loaders(manifest, prepared.regressor.backbone.config, config))
-    single = evaluate(prepared.model, loaders["dev"])["ccc"]["mean"]
+    parsed = parse_method(method)
+    loaders = (cached_loaders(prepared, manifest, config, parsed)[0]
+               if parsed.spec.trains_on_cache
+               else audio_loaders(manifest, prepared.regressor.backbone.config, config, parsed))
+    single = evaluate(prepared.model, loaders["dev"], "cpu")["ccc"]["mean"]
     assert result["dev_ccc"][0] == pytest.approx(single, abs=1e-4)  # dev_ccc is rounded
 
     # the same global batch (2 x 8 s) in one process trains to a similar loss

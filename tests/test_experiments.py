@@ -5,14 +5,15 @@ import pytest
 import torch
 from transformers import Wav2Vec2Model
 
-from helpers.bench import GridRunner, Job
-from helpers.config import RunConfig
-from helpers.experiments import run, time_method
-from helpers.methods import parse_method
-from helpers.tables import (chosen_learning_rates, lr_search_table, methods_to_search,
-                            summary_table)
-
 from conftest import small_config
+from helpers.__main__ import parser, settings_from
+from helpers.config import BenchGrid, RunConfig, TimingConfig
+from helpers.files import read_records
+from helpers.methods import parse_method
+from helpers.run import run
+from helpers.step_timing import time_method
+from helpers.tables import chosen_learning_rates, lr_search_table, methods_to_search, summary_table
+from helpers.tools.bench import GridRunner, Job, timing_bench
 
 ALL_METHODS = ["full", "full+cnn", "partial(1)", "lora(4)", "cached(1)", "weighted-sum",
                "partial(1)+bf16"]
@@ -107,29 +108,43 @@ def test_an_interrupted_bench_resumes_without_rerunning_finished_runs(tmp_path, 
 
     monkeypatch.setattr(GridRunner, "run_one", run_one)
     path = tmp_path / "bench.jsonl"
-    first, second = Job("run", (), "print-a", label="a"), Job("run", (), "print-b", label="b")
+    first, second = Job("run", {}, "print-a", label="a"), Job("run", {}, "print-b", label="b")
     GridRunner(path).run([first])  # then the bench is interrupted: the record is in .partial
     assert not path.exists()
     records = GridRunner(path, resume=True).run([first, second])
     assert ran == ["a", "b"] and len(records) == 2
-    other = Job("run", (), "print-a2", label="a2")  # other settings: another fingerprint
+    other = Job("run", {}, "print-a2", label="a2")  # other settings: another fingerprint
     GridRunner(path, resume=True).run([other])
     assert ran == ["a", "b", "a2"]
     runner = GridRunner(path)  # a fresh bench starts an empty partial file...
-    runner.finish(runner.run([first]))  # ...and replaces the results only when done
+    runner.finish(runner.run([first]))  # ...and writes the results only when done
     assert len(ran) == 4 and len(path.read_text().splitlines()) == 1
 
 
-def test_timing_options_reach_every_timed_step(monkeypatch, tmp_path):
-    from helpers.__main__ import parser
-    from helpers.bench import timing_bench
+def test_a_second_bench_adds_to_the_results_and_drops_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(GridRunner, "run_one",
+                        lambda runner, job: {"method": job.label, "fingerprint": job.fingerprint})
+    path = tmp_path / "bench.jsonl"
+    first, second = Job("run", {}, "print-a", label="a"), Job("run", {}, "print-b", label="b")
+    runner = GridRunner(path)
+    runner.finish(runner.run([first]))
+    runner = GridRunner(path)  # another bench, other methods, the same results file
+    merged = runner.finish(runner.run([second]))
+    assert [r["method"] for r in merged] == ["a", "b"]
+    assert len(path.read_text().splitlines()) == 2
+    runner = GridRunner(path)  # measuring a run again replaces its record, and only it
+    runner.finish(runner.run([first]))
+    assert sorted(r["method"] for r in read_records(path)) == ["a", "b"]
 
+
+def test_timing_options_reach_every_timed_step(monkeypatch, tmp_path):
     args = parser().parse_args(["bench", "--timing-only", "--batch-size", "32",
                                 "--clip-seconds", "6", "--repeats", "2", "--device", "cpu"])
     seen = []
     monkeypatch.setattr(GridRunner, "run", lambda self, jobs: seen.extend(jobs) or [])
-    timing_bench(args, ["full", "cached(3)"], GridRunner(tmp_path / "timing.jsonl"))
-    settings = [dict(job.kwargs) for job in seen]
+    timing_bench(settings_from(args, TimingConfig), settings_from(args, BenchGrid),
+                 ["full", "cached(3)"], GridRunner(tmp_path / "timing.jsonl"))
+    settings = [job.config for job in seen]
     assert len(settings) == 4 and {job.round for job in seen} == {0, 1}
     assert all(s["batch_size"] == 32 and s["clip_seconds"] == 6.0 for s in settings)
     assert len({job.fingerprint for job in seen}) == 2  # the rounds share a fingerprint

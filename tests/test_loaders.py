@@ -8,15 +8,16 @@ import pytest
 import torch
 from transformers import Wav2Vec2Model
 
-from helpers.data import SpeechDataset, collate, sample_manifest
+from conftest import ToneDataset, small_config
+from helpers.checkpoints import seed_everything
+from helpers.dataset import SpeechDataset, collate
 from helpers.loaders import (DurationBatchSampler, label_spread, make_loader, padding_share,
                              random_batches)
+from helpers.manifests import sample_manifest
 from helpers.metrics import ccc_loss
 from helpers.model import EmotionRegressor
 from helpers.surgery import freeze_feature_encoder
-from helpers.train import make_optimizer, make_scaler, seed_everything, train_step
-
-from conftest import ToneDataset, small_config
+from helpers.train import make_optimizer, make_scaler, train_step
 
 
 def test_batches_respect_the_budget_cover_the_epoch_and_change_between_epochs():
@@ -123,7 +124,7 @@ def test_the_step_equals_the_step_before_it_stopped_syncing():
     data = ToneDataset(8)
     batch = collate([data[i] for i in range(8)], attention_mask=False)
     old, new = tone_model(), tone_model()
-    old_optimizer, new_optimizer = make_optimizer(old, 1e-3), make_optimizer(new, 1e-3)
+    old_optimizer, new_optimizer = make_optimizer(old, 1e-3, 0.01), make_optimizer(new, 1e-3, 0.01)
     scaler = make_scaler("fp32", torch.device("cpu"))
     for _ in range(3):  # the same dropout and SpecAugment masks (SpecAugment draws from NumPy)
         seed_everything(1)
@@ -141,7 +142,7 @@ def test_a_non_finite_step_is_skipped_and_counted_without_touching_the_weights()
     batch = collate([data[i] for i in range(8)], attention_mask=False)
     batch["labels"][0, 0] = float("nan")
     model = tone_model()
-    optimizer = make_optimizer(model, 1e-3)
+    optimizer = make_optimizer(model, 1e-3, 0.01)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     loss, skipped = train_step(model, batch, optimizer, make_scaler("fp32", torch.device("cpu")),
                                "fp32", torch.device("cpu"))

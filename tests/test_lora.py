@@ -5,12 +5,11 @@ import torch
 from peft import PeftModel
 from transformers import Wav2Vec2Model
 
-from helpers.data import collate_for
+from conftest import small_config
+from helpers.dataset import collate_for
 from helpers.metrics import ccc_loss
 from helpers.model import EmotionRegressor
 from helpers.surgery import apply_lora
-
-from conftest import small_config
 
 
 def regressor(variant: str) -> EmotionRegressor:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.notebook import bench_learning_rate, reference_results
 from helpers.tables import chosen_learning_rates
-from helpers.notebook import bench_learning_rate, execute, reference_results, series
+from helpers.tools.run_notebooks import execute, series
 
 GUARD = Path(__file__).parent / "netguard"
 

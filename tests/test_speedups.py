@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from helpers.backbone import load_backbone
-from helpers.experiments import prepare, random_batch, training_step
-from helpers.gpu_check import device_slug, summary_markdown
-from helpers.methods import parse_method
+from helpers.checkpoints import seed_everything
+from helpers.methods import parse_method, prepare
 from helpers.speedups import compile_trainable, set_tf32
+from helpers.step_timing import random_batch, training_step
 from helpers.timing import matmul_flops, peak_share
-from helpers.train import seed_everything
+from helpers.tools.gpu_check import device_slug, summary_markdown
 
 
 def test_sdpa_and_eager_attention_agree():
@@ -78,7 +78,7 @@ def test_tf32_policy_is_explicit():
 def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    finished = subprocess.run([sys.executable, "-m", "helpers", "gpu-check", "--out-dir",
+    finished = subprocess.run([sys.executable, "-m", "helpers", "gpu-check", "--results-root",
                                str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0
     assert finished.stdout.strip().count("\n") == 0 and "no CUDA GPU" in finished.stdout
@@ -98,7 +98,7 @@ def test_gpu_check_summary_reports_savings_and_peak_share():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_cuda_step_trains_in_bf16():
-    from helpers.experiments import time_method
+    from helpers.step_timing import time_method
 
     result = time_method("partial(3)+bf16", "random:tiny", "cuda", batch_size=2,
                          clip_seconds=1.0, num_steps=2, warmup=1)
@@ -109,8 +109,8 @@ def test_a_cuda_step_trains_in_bf16():
 def test_the_flop_model_predicts_the_counted_step_within_ten_percent(method):
     """The layer-choice explorer's cost model, against the FLOPs of a real training step."""
     from helpers.backbone import bundled_architecture
-    from helpers.experiments import cached_batch
     from helpers.layer_choice import training_flops
+    from helpers.step_timing import cached_batch
     from helpers.timing import count_flops
 
     prepared = prepare(method, "random:tiny")

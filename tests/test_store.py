@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers.data import SpeechDataset, read_audio, waveform_store
-from helpers.store import DiskSpaceError, INDEX, build_store, ensure_free_space, open_store
-
 from conftest import write_tone
+from helpers.audio import read_audio
+from helpers.dataset import SpeechDataset, waveform_store
+from helpers.store import INDEX, DiskSpaceError, build_store, ensure_free_space, open_store
 
 
 def test_the_store_holds_what_decoding_gives(tmp_path, manifest_rows):

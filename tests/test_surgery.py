@@ -4,12 +4,11 @@ import pytest
 import torch
 from transformers import Wav2Vec2Model
 
-from helpers.data import collate_for
+from conftest import small_config
+from helpers.dataset import collate_for
 from helpers.metrics import ccc_loss
 from helpers.model import EmotionRegressor
 from helpers.surgery import freeze_feature_encoder, split_at_layer, train_last_layers
-
-from conftest import small_config
 
 LAYERS = 3
 VARIANTS = ["base", "large"]

@@ -5,14 +5,15 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Wav2Vec2Model
 
+from conftest import ToneDataset, small_config
+from helpers.checkpoints import CheckpointError
 from helpers.config import RunConfig
-from helpers.data import collate
+from helpers.dataset import collate
+from helpers.device import resolve_precision
 from helpers.loaders import DurationBatchSampler
 from helpers.model import EmotionRegressor
 from helpers.surgery import freeze_feature_encoder
-from helpers.train import CheckpointError, evaluate, fit, make_optimizer, resolve_precision
-
-from conftest import ToneDataset, small_config
+from helpers.train import evaluate, fit, make_optimizer
 
 
 def tone_model(seed: int = 0) -> EmotionRegressor:
@@ -39,7 +40,7 @@ def test_fit_lowers_the_loss_on_a_learnable_problem():
     assert losses[-1] < 0.6 * losses[0]
     assert result.history[result.best_epoch]["dev_mean"] == max(
         r["dev_mean"] for r in result.history)
-    assert evaluate(model, dev_loader)["ccc"]["mean"] == pytest.approx(result.best_dev_ccc)
+    assert evaluate(model, dev_loader, "cpu")["ccc"]["mean"] == pytest.approx(result.best_dev_ccc)
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
@@ -100,11 +101,11 @@ def test_auto_precision_is_fp32_on_cpu_and_unknown_precision_is_refused():
 def test_the_optimizer_holds_exactly_the_trainable_parameters():
     model = tone_model()
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    optimizer = make_optimizer(model, lr=1e-4)
+    optimizer = make_optimizer(model, 1e-4, 0.01)
     assert {id(p) for group in optimizer.param_groups for p in group["params"]} == trainable
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
-        make_optimizer(model, lr=1e-4)
+        make_optimizer(model, 1e-4, 0.01)
 
 
 def test_resuming_with_other_settings_is_refused_by_name(tmp_path):

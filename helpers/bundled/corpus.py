@@ -22,7 +22,7 @@ import torch
 import torchaudio.functional as AF
 from tqdm.auto import tqdm
 
-from ..data import DIMENSIONS, SAMPLE_RATE
+from ..constants import DIMENSIONS, SAMPLE_RATE
 
 LABEL_RANGE = (1.0, 7.0)
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .baselines import prosodic_table, ridge_probe
+from ..constants import DIMENSIONS, SPLITS
+from ..manifests import load_manifest
+from ..probes import prosodic_table, ridge_probe
 from .corpus import ADJECTIVES, FRAMES, SPEAKERS, LabelRule, espeak_available
-from ..data import DIMENSIONS, SPLITS, load_manifest
 
 
 def corpus_statistics(manifest: pd.DataFrame) -> dict:

@@ -22,16 +22,23 @@ import pandas as pd
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 from transformers import Wav2Vec2Model, get_linear_schedule_with_warmup
 
+from ..audio import normalize, read_audio
 from ..backbone import tiny_config
-from .recipe import RECIPE
+from ..checkpoints import atomic_save, rng_state, seed_everything, set_rng_state
+from ..config import RunConfig
+from ..constants import SAMPLE_RATE
+from ..dataset import collate
+from ..manifests import sample_manifest
+from ..probes import layer_probe, load_probes
+from ..train import make_optimizer
 from .corpus import apply_effort, draw_prosody, speak, trim_silence
-from ..data import SAMPLE_RATE, collate, normalize
-from ..train import atomic_save, make_optimizer, rng_state, seed_everything, set_rng_state
+from .recipe import RECIPE
 
 # Voices (espeak voice+variant) not used by the emotion corpus's speakers.
 VOICES = ["en-us+m2", "en-us+f1", "en-us+m4", "en-us+f3", "en-gb+m1", "en-gb+f2", "en-gb+m6",
@@ -268,7 +275,7 @@ def pretrain(speech_dir: str | Path, out_dir: str | Path, num_steps: int = RECIP
     sampler = LengthBucketSampler(table["duration"].tolist(), batch_size, seed=seed)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
                                          collate_fn=pretraining_batch)
-    optimizer = make_optimizer(model, lr)
+    optimizer = make_optimizer(model, lr, RunConfig.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, num_steps // 10, num_steps)
     checkpoint, curve, step = out_dir / "pretrain_checkpoint.pt", [], 0
     if checkpoint.is_file():
@@ -320,8 +327,6 @@ HEADS_FILE = "pretraining_heads.safetensors"
 def save_model(model: PretrainingModel, out_dir: Path) -> None:
     """The backbone as a plain Wav2Vec2Model folder, the two heads beside it (for the
     appendix's CTC decoding; ``load_backbone`` ignores them)."""
-    from safetensors.torch import save_file
-
     model.backbone.config.layerdrop = 0.0
     model.backbone.save_pretrained(out_dir, safe_serialization=True)
     heads = {f"{name}.{key}": value.contiguous() for name in ("ctc_head", "prosody_head")
@@ -331,8 +336,6 @@ def save_model(model: PretrainingModel, out_dir: Path) -> None:
 
 def load_pretraining_heads(folder: str | Path) -> PretrainingModel:
     """The bundled backbone with its CTC and prosody heads, ready for decoding."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     vocab = json.loads((folder / "pretraining.json").read_text())["vocab"]
     backbone = Wav2Vec2Model.from_pretrained(folder)
@@ -346,8 +349,6 @@ def load_pretraining_heads(folder: str | Path) -> PretrainingModel:
 @torch.no_grad()
 def greedy_phonemes(model: PretrainingModel, path: str | Path) -> list[str]:
     """Greedy CTC decoding: the most likely symbol per frame, repeats merged, blanks dropped."""
-    from ..data import read_audio
-
     waveform = normalize(read_audio(path))
     logits, _, _ = model(waveform[None], torch.tensor([len(waveform)]))
     best = logits[0].argmax(-1).tolist()
@@ -358,9 +359,6 @@ def greedy_phonemes(model: PretrainingModel, path: str | Path) -> list[str]:
 def probe_and_describe(folder: str | Path, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Layer-wise probe of the saved backbone and of the same architecture with random
     weights, on the bundled emotion corpus; writes probe.json and the model card."""
-    from .baselines import layer_probe
-    from ..data import sample_manifest
-
     manifest = sample_manifest()
     pretrained = Wav2Vec2Model.from_pretrained(folder)
     torch.manual_seed(seed)
@@ -378,11 +376,6 @@ def best_layer_figures(probes: dict[str, pd.DataFrame]) -> pd.Series:
     gains = {f"gain {d}": pretrained[d].max() - random_weights[d].max()
              for d in ("mean", "valence")}
     return pd.Series({**pretrained.max().to_dict(), **gains})
-
-
-def load_probes(folder: str | Path) -> dict[str, pd.DataFrame]:
-    recorded = json.loads((Path(folder) / "probe.json").read_text())
-    return {k: pd.DataFrame(v).rename_axis("layer") for k, v in recorded.items()}
 
 
 # How far a from-scratch rerun's probe figures may land from the reported ones.

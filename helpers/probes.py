@@ -1,4 +1,5 @@
-"""Simple baselines: prosodic statistics, and ridge-regression probes scored with CCC.
+"""Probes: prosodic statistics, and ridge-regression probes scored with CCC (taught in
+notebooks 00 and 01; they also describe the bundled corpus and backbone).
 
 The same ``ridge_probe`` scores hand-made prosodic features here and a backbone's pooled
 hidden states in the layer-wise probe, so the two are directly comparable.
@@ -6,7 +7,9 @@ hidden states in the layer-wise probe, so the two are directly comparable.
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,12 +20,13 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..data import DIMENSIONS, SAMPLE_RATE, read_audio, to_common
-from ..metrics import ccc
+from .audio import read_audio
+from .constants import DIMENSIONS, SAMPLE_RATE
+from .dataset import SpeechDataset  # the same preprocessing as training (centre crop)
+from .manifests import to_common
+from .metrics import ccc
 
 ALPHAS = tuple(10.0 ** k for k in range(-3, 5))
-PROSODIC_FEATURES = ("energy_mean", "energy_std", "energy_max", "pitch_mean", "pitch_std",
-                     "pitch_range", "voiced_fraction", "duration")
 POOLINGS = {"mean": lambda states: states.mean(0), "max": lambda states: states.amax(0)}
 
 
@@ -94,7 +98,6 @@ def pooled_hidden_states(backbone, manifest: pd.DataFrame, max_seconds: float = 
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}: choose one of {sorted(POOLINGS)}")
-    from ..data import SpeechDataset  # the same preprocessing as training (centre crop)
 
     backbone.eval()
     dataset = SpeechDataset(manifest, max_seconds=max_seconds)
@@ -111,3 +114,9 @@ def layer_probe(backbone, manifest: pd.DataFrame, pooling: str = "mean") -> pd.D
     rows = [{"layer": layer, **ridge_probe(states[:, layer], manifest)}
             for layer in range(states.shape[1])]
     return pd.DataFrame(rows).set_index("layer").round(3)
+
+
+def load_probes(folder: str | Path) -> dict[str, pd.DataFrame]:
+    """The layer-wise probes recorded with a backbone (``probe.json``: pretrained and random)."""
+    recorded = json.loads((Path(folder) / "probe.json").read_text())
+    return {k: pd.DataFrame(v).rename_axis("layer") for k, v in recorded.items()}

@@ -11,7 +11,6 @@ missing, a failure) is reported and the others go on. Without CUDA it says so an
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import re
@@ -21,7 +20,15 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
+
+from ..config import RunConfig, TimingConfig
+from ..files import append_record, write_text
+from ..paths import PROJECT_ROOT
+from ..run import run
+from ..step_timing import time_method
+from .run_notebooks import execute, series
 
 # step -> the packages it needs beyond torch, transformers and peft
 NEEDS = {"timing": [], "bundled": ["soundfile", "pandas"], "torchrun": ["soundfile", "pandas"],
@@ -48,7 +55,7 @@ def device_slug(name: str) -> str:
 def pinned(names: list[str]) -> str:
     """``pip install`` arguments for ``names`` at the versions requirements.txt pins."""
     pins = {}
-    requirements = Path(__file__).resolve().parent.parent / "requirements.txt"
+    requirements = PROJECT_ROOT / "requirements.txt"
     if requirements.is_file():
         for line in requirements.read_text().splitlines():
             if "==" in line:
@@ -90,23 +97,19 @@ class Utilisation:
 
 
 def timing_step(record) -> list[dict]:
-    from .experiments import time_method
-
     rows = []
     for backbone, methods in TIMING.items():
         for batch_size in BATCH_SIZES:
             for method in methods:
-                result = time_method(method, backbone, "cuda", batch_size=batch_size,
-                                     clip_seconds=CLIP_SECONDS, num_steps=10, warmup=3)
+                result = time_method(TimingConfig(
+                    method=method, backbone=backbone, device="cuda", batch_size=batch_size,
+                    clip_seconds=CLIP_SECONDS, num_steps=10, warmup=3))
                 rows.append(record({"step": "timing", **result.to_dict()}))
                 torch.cuda.empty_cache()
     return rows
 
 
 def bundled_step(record, out: Path) -> list[dict]:
-    from .config import RunConfig
-    from .experiments import run
-
     rows = []
     for method in BUNDLED_METHODS:
         config = RunConfig(method=method, device="cuda", num_epochs=2, lr=5e-4,
@@ -133,8 +136,6 @@ def torchrun_step(record, out: Path) -> list[dict]:
 
 
 def notebooks_step(record, out: Path) -> list[dict]:
-    from .notebook import execute, series
-
     rows = []
     for notebook in series():
         start = time.perf_counter()
@@ -146,21 +147,20 @@ def notebooks_step(record, out: Path) -> list[dict]:
     return rows
 
 
-def gpu_check(args: argparse.Namespace) -> int:
+def gpu_check(out_dir: Path, steps: list[str]) -> int:
     """Run every step that can run here; return the exit status (1 if a step failed)."""
     if not torch.cuda.is_available():
         print(f"gpu-check: no CUDA GPU here (torch {torch.__version__}); nothing to check. "
               "Run `make gpu-check` on a machine with an NVIDIA GPU.")
         return 0
     name = torch.cuda.get_device_name(0)
-    out = Path(args.out_dir) / device_slug(name)
+    out = Path(out_dir) / device_slug(name)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "gpu-check.jsonl"
     log.unlink(missing_ok=True)
 
     def record(row: dict) -> dict:
-        with log.open("a") as stream:
-            stream.write(json.dumps(row) + "\n")
+        append_record(row, log)
         return row
 
     steps = {"timing": lambda: timing_step(record),
@@ -169,7 +169,7 @@ def gpu_check(args: argparse.Namespace) -> int:
              "notebooks": lambda: notebooks_step(record, out)}
     outcomes, rows = {}, []
     for step, function in steps.items():
-        if step not in args.steps:
+        if step not in steps:
             continue
         absent = missing(NEEDS[step])
         if absent:
@@ -184,7 +184,7 @@ def gpu_check(args: argparse.Namespace) -> int:
         except Exception as error:  # report and go on with the next step
             outcomes[step] = f"FAILED: {type(error).__name__}: {error}"
         print(f"gpu-check: {step} {outcomes[step]}", flush=True)
-    (out / "summary.md").write_text(summary_markdown(name, rows, outcomes))
+    write_text(out / "summary.md", summary_markdown(name, rows, outcomes))
     print(f"gpu-check: results in {out}/")
     return 1 if any(o.startswith("FAILED") for o in outcomes.values()) else 0
 
@@ -193,8 +193,6 @@ def summary_markdown(device: str, rows: list[dict], outcomes: dict[str, str]) ->
     """The README-ready summary: per backbone and batch size, each method's time per step,
     the time it saves against full fp32 and full+bf16, and its share of the attainable peak;
     then the bundled-corpus runs and the steps' outcomes."""
-    import pandas as pd
-
     lines = [f"# gpu-check on {device} (torch {torch.__version__})", ""]
     timing = pd.DataFrame([r for r in rows if r.get("step") == "timing"])
     for (backbone, batch), group in (timing.groupby(["backbone", "batch_size"], sort=False)

@@ -9,20 +9,28 @@ batches and the fixed length buckets used before. Writes ``loader.md`` and ``loa
 
 from __future__ import annotations
 
-import argparse
+import os
+import platform
 import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from .config import RunConfig, cpu_count
-from .data import SAMPLE_RATE, SpeechDataset, collate, load_data, waveform_store
-from .loaders import (DurationBatchSampler, label_spread, make_loader, padding_share,
-                      random_batches)
-from .results import write_records
-from .store import Store, build_store, keyed_store
+from ..bundled.pretrain import LengthBucketSampler
+from ..config import RunConfig, TimingConfig
+from ..constants import SAMPLE_RATE
+from ..corpora import load_data
+from ..dataset import SpeechDataset, collate, waveform_store
+from ..device import cpu_count, cpu_name
+from ..files import write_records, write_text
+from ..loaders import (DurationBatchSampler, label_spread, make_loader, padding_share,
+                       random_batches)
+from ..run import run
+from ..step_timing import time_method
+from ..store import Store, build_store, keyed_store
 
 TILES = 5  # 5 x the bundled 0.62 h: 3.1 h of audio, 2.1 h of it training clips
 
@@ -61,13 +69,12 @@ def loader_rate(dataset: SpeechDataset, workers: int, max_batch_seconds: float,
 def model_rates(batch_seconds: float) -> list[dict]:
     """Audio seconds per second one training step consumes, for a few methods and backbones
     (clips of 4 s, as many as the batch budget holds)."""
-    from .experiments import time_method
-
     rows = []
     for method, backbone in [("full", "tiny"), ("partial(3)", "tiny"),
                              ("full", "random:wav2vec2-base")]:
-        timed = time_method(method, backbone, "cpu", batch_size=int(batch_seconds // 4),
-                            clip_seconds=4.0, num_steps=3, warmup=1)
+        timed = time_method(TimingConfig(method=method, backbone=backbone, device="cpu",
+                                         batch_size=int(batch_seconds // 4), clip_seconds=4.0,
+                                         num_steps=3, warmup=1))
         rows.append({"consumer": f"{method} on {backbone}",
                      "audio_seconds_per_second": timed.audio_seconds_per_second,
                      "seconds_per_step": timed.seconds_per_step})
@@ -79,8 +86,6 @@ def batching_quality(dataset: SpeechDataset, max_batch_seconds: float,
     """Label spread within batches, padding, and how much batch composition changes between
     epochs: duration-budgeted batches against random batches of the same sizes and against
     the fixed length buckets used before (batches of 8 clips of similar length)."""
-    from .bundled.pretrain import LengthBucketSampler
-
     labels, durations = dataset.labels.numpy(), dataset.durations()
     sampler = DurationBatchSampler(durations, max_batch_seconds, seed=0)
     buckets = LengthBucketSampler(dataset.num_samples(), 8, seed=0)
@@ -107,21 +112,19 @@ def batching_quality(dataset: SpeechDataset, max_batch_seconds: float,
     return pd.DataFrame(rows).set_index("batching")
 
 
-def loader_bench(args: argparse.Namespace) -> None:
+def loader_bench(settings: RunConfig, out_dir: Path) -> None:
     """Measure the loader against the model and write ``loader.md`` and ``loader.jsonl``."""
-    from .bench import environment_line
-    from .experiments import run
-
-    out_dir, root = Path(args.out_dir), Path(args.results_root) / "cache"
-    budget = args.batch_seconds
-    manifest = load_data(args.data)
+    root = Path(settings.results_root) / "cache"
+    budget = settings.max_batch_seconds
+    manifest = load_data(settings.data)
     store = waveform_store(manifest, root)
     corpora = {"bundled": (manifest, store), f"tiled x{TILES}": tiled(manifest, store, root,
                                                                       TILES)}
     workers = [0, 1, 2] + ([4] if cpu_count() >= 4 else [])
     loader_rows = []
     for name, (rows, corpus_store) in corpora.items():
-        dataset = SpeechDataset(rows, "train", 4.0, train=True, store=corpus_store)
+        dataset = SpeechDataset(rows, "train", settings.max_clip_seconds, train=True,
+                                store=corpus_store)
         hours = rows["duration"].sum() / 3600
         train_hours = rows.loc[rows["split"] == "train", "duration"].sum() / 3600
         for count in workers:
@@ -132,10 +135,9 @@ def loader_bench(args: argparse.Namespace) -> None:
                                 "training hours": round(train_hours, 2), "workers": count,
                                 "audio_seconds_per_second": rate})
     consumers = model_rates(budget)
-    epoch = run(RunConfig(method="partial(3)", data=args.data, num_epochs=2,
-                          max_batch_seconds=budget, results_root=args.results_root,
-                          progress=False))
-    quality = batching_quality(SpeechDataset(manifest, "train", 4.0, train=True), budget)
+    epoch = run(settings.with_(method="partial(3)", num_epochs=2, progress=False))
+    quality = batching_quality(SpeechDataset(manifest, "train", settings.max_clip_seconds,
+                                             train=True), budget)
     write_loader_report(out_dir, pd.DataFrame(loader_rows), pd.DataFrame(consumers), epoch,
                         quality, environment_line())
 
@@ -165,10 +167,15 @@ def write_loader_report(out_dir: Path, loaders: pd.DataFrame, consumers: pd.Data
         "Label spread is the standard deviation of the labels (0-1 scale) within a batch, "
         "averaged over batches and the three dimensions; a batch-level CCC loss needs it. "
         "Padding share is the share of the padded batch that is zeros.", ""]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "loader.md").write_text("\n".join(text))
+    write_text(out_dir / "loader.md", "\n".join(text))
     records = (loaders.assign(kind="loader").to_dict("records") +
                consumers.assign(kind="consumer").to_dict("records") +
                [{"kind": "epoch", "data_wait_share": wait, "machine": machine}])
     write_records(records, out_dir / "loader.jsonl")
     print("\n".join(text))
+
+
+def environment_line() -> str:
+    """The machine a benchmark ran on, for the header of its results file."""
+    return (f"{cpu_name()}, {cpu_count()} cores; torch {torch.__version__}; python "
+            f"{platform.python_version()}; OMP threads {os.environ.get('OMP_NUM_THREADS', '-')}")

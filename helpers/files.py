@@ -1,0 +1,99 @@
+"""Writing files so that nothing is ever half-written or lost: one atomic writer, one JSON-lines
+reader and appender, and one memo for saved results ("load it if it was computed for exactly
+these inputs, else compute and save it").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from .fingerprints import code_version, digest
+from .paths import shown
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary)``, then rename the temporary file onto ``path``: readers see the
+    old file or the new one, never half of one. The temporary name is unique to this writer
+    (two processes writing the same file never share it) and is removed if ``write`` fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """``path``'s contents replaced by ``text`` atomically."""
+    return atomic_write(path, lambda temporary: temporary.write_text(text))
+
+
+def write_json(path: str | Path, value: object) -> Path:
+    return write_text(path, json.dumps(value, default=float))
+
+
+def append_record(record: dict, path: str | Path) -> None:
+    """Append one record to a JSON-lines results file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as stream:
+        stream.write(json.dumps(record) + "\n")
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file; a line cut short by a crash is left out, with a
+    warning naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"warning: {shown(path)}:{number} is not a complete record (cut short?); "
+                  "skipped")
+    return records
+
+
+def write_records(records: list[dict], path: str | Path) -> Path:
+    """Replace ``path`` with ``records`` atomically."""
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def saved_or_computed(folder: str | Path, name: str, compute: Callable[[], object],
+                      encode: Callable[[object], object] = lambda value: value,
+                      decode: Callable[[object], object] = lambda value: value,
+                      key: str | None = None, **inputs) -> object:
+    """The saved value of ``name`` for exactly these ``inputs`` and this code (or this ``key``,
+    when the caller computed the fingerprint itself), else ``compute()``'s, saved for next time
+    under ``folder``. ``encode``/``decode`` turn the value into JSON and back. Delete the file
+    to compute again."""
+    key = key or digest(json.dumps({**inputs, "code": code_version()}, sort_keys=True,
+                                   default=str))
+    path = Path(folder) / f"{name}-{key[:16]}.json"
+    if path.is_file():
+        saved = read_json(path)
+        if saved is not None and saved.get("key") == key:
+            print(f"loaded the saved {name} (delete {shown(path)} to compute it again)")
+            return decode(saved["value"])
+    value = compute()
+    write_json(path, {"key": key, "inputs": inputs, "value": encode(value)})
+    return value
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's contents, or None for one that is not complete JSON (a crash's leftover)."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
