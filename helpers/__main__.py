@@ -105,7 +105,6 @@ def pretrain_command(args: argparse.Namespace) -> None:
     """Synthesise the pretraining speech (once), pretrain the bundled tiny backbone, probe it
     layer by layer against random weights, and write its model card."""
     import pandas as pd  # imported when the command runs: --help stays fast
-
     from .bundled.pretrain import make_pretraining_speech, pretrain, probe_and_describe
 
     speech = Path(args.speech_dir)

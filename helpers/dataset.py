@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .audio import normalize, read_audio
+from .config import RunConfig
 from .constants import DIMENSIONS, SAMPLE_RATE
 from .device import cpu_count
 from .fingerprints import digest, file_stamp
@@ -34,7 +35,8 @@ class SpeechDataset(Dataset):
     """
 
     def __init__(self, manifest: pd.DataFrame, split: str | None = None,
-                 max_seconds: float | None = 4.0, train: bool = False, seed: int = 0,
+                 max_seconds: float | None = RunConfig.max_clip_seconds, train: bool = False,
+                 seed: int = 0,
                  store: Store | None = None):
         rows = manifest if split is None else manifest[manifest["split"] == split]
         if rows.empty:

@@ -8,6 +8,7 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from .config import RunConfig
 from .methods import KINDS, colour, parse_method
 from .results import Result, label, memory_column, readable
 
@@ -59,11 +60,11 @@ DIMENSION_COLOURS = {"arousal": "tab:red", "valence": "tab:blue", "dominance": "
 def layer_profile(probes: dict[str, pd.DataFrame], title: str = "what each layer knows"):
     """Probe CCC per layer and dimension; one line style per backbone (e.g. pretrained/random)."""
     figure, axes = plt.subplots(figsize=(7, 4))
-    for style, (label, table) in zip(["-", "--", ":"], probes.items()):
-        for dimension, colour in DIMENSION_COLOURS.items():
+    for style, (backbone, table) in zip(["-", "--", ":"], probes.items()):
+        for dimension, line_colour in DIMENSION_COLOURS.items():
             if dimension in table:
-                axes.plot(table.index, table[dimension], style, color=colour, marker="o",
-                          markersize=3, label=f"{dimension} ({label})")
+                axes.plot(table.index, table[dimension], style, color=line_colour, marker="o",
+                          markersize=3, label=f"{dimension} ({backbone})")
     axes.set_xlabel("layer (0 = input to the first transformer layer)")
     axes.set_ylabel("test CCC of a ridge probe")
     axes.set_title(title)
@@ -175,9 +176,9 @@ def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None 
     num_layers = len(costs)
     figure, (know, cost, score) = plt.subplots(1, 3, figsize=(13, 3.6))
     if probe is not None:
-        for dimension, colour in DIMENSION_COLOURS.items():
-            know.plot(probe.index, probe[dimension], color=colour, marker="o", markersize=3,
-                      label=dimension)
+        for dimension, line_colour in DIMENSION_COLOURS.items():
+            know.plot(probe.index, probe[dimension], color=line_colour, marker="o",
+                      markersize=3, label=dimension)
         know.legend(fontsize=7, loc="lower left")
     else:
         know.text(0.5, 0.5, "no probe for this backbone\n(needs its pretrained weights:\n"
@@ -219,7 +220,9 @@ def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None 
 
 
 def layer_choice_explorer(inputs: Callable[[str, int, float], dict], start: int = 3,
-                          start_batch: int = 8, start_clip: float = 4.0):
+                          start_batch: int = int(RunConfig.max_batch_seconds //
+                                                 RunConfig.max_clip_seconds),
+                          start_clip: float = RunConfig.max_clip_seconds):
     """Sliders over the backbone, the layers trained, the batch and the clip length; the
     figure (``layer_choice_figure``) redraws from ``inputs(backbone, batch, clip)``, which
     returns its costs, probe, accuracy and seconds per GFLOP (counted or measured before)."""

@@ -21,6 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .audio import read_audio
+from .config import RunConfig
 from .constants import DIMENSIONS, SAMPLE_RATE
 from .dataset import SpeechDataset  # the same preprocessing as training (centre crop)
 from .manifests import to_common
@@ -89,7 +90,8 @@ def ridge_probe(features: np.ndarray, manifest: pd.DataFrame,
 
 
 @torch.no_grad()
-def pooled_hidden_states(backbone, manifest: pd.DataFrame, max_seconds: float = 4.0,
+def pooled_hidden_states(backbone, manifest: pd.DataFrame,
+                         max_seconds: float = RunConfig.max_clip_seconds,
                          pooling: str = "mean") -> np.ndarray:
     """Hidden states of every layer for every clip, pooled over time by their ``"mean"`` or
     ``"max"``: (clips, layers + 1, width).

@@ -11,6 +11,7 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Callable, Iterator
 
 import torch
@@ -80,9 +81,16 @@ MATMUL_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfl
 
 def attainable_flops(device: torch.device | str, precision: str = "fp32",
                      n: int | None = None, num_steps: int = 5) -> float:
-    """FLOP/s of a large square matrix product in ``precision`` on ``device``, measured now:
-    the ceiling a training step in the same precision could reach on this machine (no vendor
-    table needed). ``tf32`` is fp32 with TF32 allowed (the caller sets the policy)."""
+    """FLOP/s of a large square matrix product in ``precision`` on ``device``, measured in this
+    process: the ceiling a training step in the same precision could reach on this machine (no
+    vendor table needed). ``tf32`` is fp32 with TF32 allowed (the caller sets the policy).
+    Measured once per process for each device, precision and size: a notebook that times
+    several methods pays for it once (about 16 s in bf16 on a CPU that emulates it)."""
+    return _attainable_flops(str(torch.device(device)), precision, n, num_steps)
+
+
+@lru_cache(maxsize=None)
+def _attainable_flops(device: str, precision: str, n: int | None, num_steps: int) -> float:
     device = torch.device(device)
     n = n or (8192 if device.type == "cuda" else 1024)
     a, b = (torch.randn(n, n, device=device, dtype=MATMUL_DTYPES[precision]) for _ in "ab")

@@ -112,7 +112,7 @@ def timing_step(record) -> list[dict]:
 def bundled_step(record, out: Path) -> list[dict]:
     rows = []
     for method in BUNDLED_METHODS:
-        config = RunConfig(method=method, device="cuda", num_epochs=2, lr=5e-4,
+        config = RunConfig(method=method, device="cuda", num_epochs=2,
                            results_root=str(out / "work"), progress=False)
         with Utilisation() as gpu:
             result = run(config)

@@ -66,14 +66,15 @@ def loader_rate(dataset: SpeechDataset, workers: int, max_batch_seconds: float,
     return audio / SAMPLE_RATE / seconds
 
 
-def model_rates(batch_seconds: float) -> list[dict]:
+def model_rates(batch_seconds: float, clip_seconds: float) -> list[dict]:
     """Audio seconds per second one training step consumes, for a few methods and backbones
-    (clips of 4 s, as many as the batch budget holds)."""
+    (training crops of ``clip_seconds``, as many as the batch budget holds)."""
     rows = []
     for method, backbone in [("full", "tiny"), ("partial(3)", "tiny"),
                              ("full", "random:wav2vec2-base")]:
         timed = time_method(TimingConfig(method=method, backbone=backbone, device="cpu",
-                                         batch_size=int(batch_seconds // 4), clip_seconds=4.0,
+                                         batch_size=int(batch_seconds // clip_seconds),
+                                         clip_seconds=clip_seconds,
                                          num_steps=3, warmup=1))
         rows.append({"consumer": f"{method} on {backbone}",
                      "audio_seconds_per_second": timed.audio_seconds_per_second,
@@ -134,7 +135,7 @@ def loader_bench(settings: RunConfig, out_dir: Path) -> None:
             loader_rows.append({"corpus": name, "corpus hours": round(hours, 2),
                                 "training hours": round(train_hours, 2), "workers": count,
                                 "audio_seconds_per_second": rate})
-    consumers = model_rates(budget)
+    consumers = model_rates(budget, settings.max_clip_seconds)
     epoch = run(settings.with_(method="partial(3)", num_epochs=2, progress=False))
     quality = batching_quality(SpeechDataset(manifest, "train", settings.max_clip_seconds,
                                              train=True), budget)
