@@ -26,7 +26,8 @@ from torch import nn
 from .backbone import load_backbone
 from .config import RunConfig
 from .model import EmotionRegressor
-from .surgery import SplitRegressor, add_lora, train_all_layers, train_top_layers, weighted_sum
+from .surgery import (SplitRegressor, add_lora, train_all_layers, train_biases, train_top_layers,
+                      weighted_sum)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ KINDS = {kind.name: kind for kind in [
                timing_variants={"bf16": ("cached(3)",), "compile": ("cached(3)",)}),
     MethodKind("weighted-sum", weighted_sum, "a learned mix of frozen layers + head",
                "tab:brown", training_grid=("weighted-sum",), timing_grid=("weighted-sum",)),
+    MethodKind("bitfit", train_biases, "the transformer's biases + head", "tab:olive",
+               training_grid=("bitfit",), timing_grid=("bitfit",)),
 ]}
 
 OPTIONS = {option.name: option for option in [

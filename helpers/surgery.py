@@ -38,6 +38,16 @@ def add_lora(model: EmotionRegressor, method: Method) -> nn.Module:
     return apply_lora(model, r=method.number)
 
 
+def train_biases(model: EmotionRegressor, method: Method) -> EmotionRegressor:
+    """bitfit: only the transformer's biases and the head train (BitFit, Ben Zaken et al.
+    2022: the classic lower bound of parameter-efficient finetuning)."""
+    freeze_feature_encoder(model).backbone.requires_grad_(False)
+    for name, parameter in model.backbone.encoder.named_parameters():
+        parameter.requires_grad_(name.endswith(".bias"))
+    model.head.requires_grad_(True)
+    return model
+
+
 def weighted_sum(model: EmotionRegressor, method: Method) -> WeightedSumRegressor:
     """weighted-sum: a frozen backbone, a learned mix of its layers, and the head."""
     return WeightedSumRegressor(model)
