@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run lab test bench gpu-check sample clean
+.PHONY: help setup run lab test coverage bench gpu-check sample clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,10 @@ lab: $(VENV)/.runtime  ## open JupyterLab on the notebooks
 
 test: $(VENV)/.dev  ## the test suite (unit tests + notebooks in SMOKE mode)
 	$(PY) -m pytest
+
+coverage: $(VENV)/.dev  ## line coverage of helpers/ by the test suite (in one process)
+	$(PY) -m coverage run --source=helpers -m pytest -n 0 -q
+	$(PY) -m coverage report
 
 bench: $(VENV)/.runtime  ## measure the methods (bundled default + wav2vec2-base timing + loader), write results/
 	$(PY) -m helpers bench --jobs 2
