@@ -10,13 +10,17 @@ multiple of ``COMPILE_PAD_SECONDS`` so the compiled graphs meet few distinct sha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # for type hints only: the registry sits above this module
-    from .methods import Method
+
+class Method(Protocol):
+    """What these functions read of a parsed method (``methods.Method`` has it)."""
+
+    tf32: bool
+    compile: bool
 
 COMPILE_PAD_SECONDS = 0.5
 

@@ -7,7 +7,7 @@ which function each method uses).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -18,8 +18,12 @@ from transformers.masking_utils import create_bidirectional_mask
 from .dataset import wants_attention_mask
 from .model import EmotionRegressor, WeightedSumRegressor, frame_mask
 
-if TYPE_CHECKING:  # for type hints only: the registry sits above the surgery it names
-    from .methods import Method
+
+class Method(Protocol):
+    """What a surgery function reads of the parsed method (``methods.Method`` has it)."""
+
+    number: int | None
+    train_cnn: bool
 
 
 # ------------------------------------------------------------- the methods' surgery functions
