@@ -188,7 +188,10 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
     result, best_state = FitResult(), trainable_state(model)
     checkpoint = Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
     settings = checkpoint_settings(config, precision, ctx.world_size)
-    if config.resume and checkpoint is not None and resumable(checkpoint):
+    if config.resume and checkpoint is None:
+        raise ValueError("resume=True (--resume) needs checkpoint_dir (--checkpoint-dir): the "
+                         "folder the interrupted run wrote its checkpoint to")
+    if config.resume and resumable(checkpoint):
         best_state = restore_checkpoint(checkpoint, model, optimizer, scheduler, scaler, result, settings)
     progress = tqdm(total=total_steps,
                     initial=sum(r["steps"] for r in result.history) // ctx.world_size,

@@ -198,3 +198,12 @@ def test_a_mistyped_folder_is_named_and_a_hub_id_fails_fast_offline(tmp_path):
     with pytest.raises(FileNotFoundError, match="Hub cannot be reached"):
         load_backbone("someone/not-cached-wav2vec2")  # the network guard refuses the probe
     assert time.perf_counter() - start < 10
+
+
+def test_resume_without_a_checkpoint_folder_is_refused(tmp_path, tiny_corpus):
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--resume", "--data", tiny_corpus["csv"], "--backbone",
+              tiny_corpus["backbone"], "--device", "cpu", "--num-epochs", "1",
+              "--results-root", str(tmp_path), "--no-progress"])
+    assert "resume=True (--resume) needs checkpoint_dir (--checkpoint-dir)" in \
+        str(stopped.value.code)

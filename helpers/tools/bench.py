@@ -126,7 +126,9 @@ def check_methods(methods: list[str], backbone: str) -> None:
 def training_bench(settings: RunConfig, grid: BenchGrid, methods: list[str],
                    runner: GridRunner, out_dir: Path) -> list[dict]:
     """Choose each method's learning rate on dev (seed 0), then train every seed at it."""
-    settings = settings.with_(device=resolve_device(settings.device), progress=False)
+    # --resume resumes the grid (finished runs are kept), not each run from a checkpoint
+    settings = settings.with_(device=resolve_device(settings.device), progress=False,
+                              resume=False)
     data = data_fingerprint(load_data(settings.data), settings.verify_audio)
     rates = grid.learning_rates
     search = [training_job(settings.with_(method=m, lr=rate, seed=0), data)
