@@ -30,9 +30,11 @@ def test_the_series_is_complete():
 
 @pytest.fixture(scope="session")
 def kernel_env(tmp_path_factory) -> dict[str, str]:
-    """SMOKE mode, one results folder for the whole series, and the network guard."""
+    """SMOKE mode, one results folder for the whole series, the network guard, and one thread
+    per kernel: the notebooks share the 2 cores with the unit tests, and two threads fighting
+    other processes slow small operations several-fold."""
     return {"SMOKE": "1", "RESULTS_DIR": str(tmp_path_factory.mktemp("series-results")),
-            "MPLBACKEND": "Agg",
+            "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")])}
 
 
