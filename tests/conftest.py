@@ -11,10 +11,12 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from transformers import Wav2Vec2Config
+from threadpoolctl import threadpool_limits
+from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from helpers.constants import DIMENSIONS
 
@@ -72,3 +74,46 @@ def manifest_rows(tmp_path) -> list[dict]:
                      "speaker": f"spk{i // 2}", "duration": 0.5 + 0.1 * i,
                      "label_min": 1.0, "label_max": 7.0})
     return rows
+
+
+@pytest.fixture(scope="session")
+def small_backbone_dir(tmp_path_factory) -> str:
+    """A folder holding a random 2-layer base-style ``small_config`` backbone (seed 0), saved
+    once for the session; read it, do not write to it."""
+    folder = tmp_path_factory.mktemp("small-backbone")
+    torch.manual_seed(0)
+    Wav2Vec2Model(small_config("base", layers=2)).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tone_corpus(tmp_path_factory, small_backbone_dir) -> dict[str, str]:
+    """A 12-clip tone corpus (6 train, 3 dev, 3 test; a manifest CSV with paths relative to
+    it) and the small backbone: a bench in seconds. Built once for the session; read only."""
+    root = tmp_path_factory.mktemp("tone-corpus")
+    splits = ["train"] * 6 + ["dev"] * 3 + ["test"] * 3
+    rows = []
+    for i, split in enumerate(splits):
+        path = write_tone(root / f"clip{i}.wav", seconds=0.4 + 0.05 * i, frequency=150 + 40 * i)
+        rows.append({"path": path.name, **{d: 1 + (i * 7 % 6) for d in DIMENSIONS},
+                     "split": split, "speaker": f"s{i % 3}", "label_min": 1, "label_max": 7})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return {"csv": str(root / "labels.csv"), "backbone": small_backbone_dir}
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test's torch, BLAS and OpenMP work on one thread (restored afterwards).
+
+    For tests of many small operations (a pitch tracker's per-lag products, ridge fits on a
+    few hundred rows, a small model's forward passes): splitting each across threads gains
+    nothing, and when other processes share the cores each split operation waits for its
+    slowest thread; on a loaded 2-core machine that made them ten times slower or worse.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(threads)

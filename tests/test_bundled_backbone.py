@@ -13,6 +13,8 @@ from helpers.manifests import sample_manifest
 from helpers.paths import BUNDLED_BACKBONE
 from helpers.probes import layer_probe, load_probes
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conftest
+
 
 def test_plain_transformers_loads_it_offline():
     model = Wav2Vec2Model.from_pretrained(BUNDLED_BACKBONE)

@@ -14,6 +14,8 @@ from helpers.model import EmotionRegressor
 from helpers.store import StaleStoreError
 from helpers.surgery import split_at_layer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conftest
+
 K = 1
 
 

@@ -16,6 +16,8 @@ from helpers.manifests import sample_manifest
 from helpers.paths import SAMPLE_DIR
 from helpers.probes import prosodic_table, ridge_probe
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conftest
+
 STATS = json.loads((SAMPLE_DIR / "stats.json").read_text())
 
 

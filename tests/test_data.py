@@ -1,14 +1,17 @@
+import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 import torch
 
 from conftest import small_config, write_tone
-from helpers.audio import AudioError, read_audio
+from helpers.audio import AudioError, normalize, read_audio
 from helpers.constants import DIMENSIONS
 from helpers.dataset import SpeechDataset, collate_for
 from helpers.manifests import (ManifestError, from_common, load_manifest, to_common,
                                validate_manifest)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conftest
 
 
 def test_stereo_44k_comes_out_16k_mono(tmp_path):
@@ -86,8 +89,18 @@ def test_training_crops_are_random_per_epoch_and_evaluation_crops_are_fixed(mani
     train.set_epoch(0)
     again = SpeechDataset(manifest, "train", max_seconds=0.1, train=True, seed=0)
     assert torch.equal(train[1]["input_values"], again[1]["input_values"])
-    dev = SpeechDataset(manifest, "dev", max_seconds=0.1)
-    assert torch.equal(dev[0]["input_values"], dev[0]["input_values"])
+
+    # the first dev clip (0.7 s) as noise: unlike a tone's, no other window of it equals the centre
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, 11_200)
+    sf.write(manifest_rows[2]["path"], noise, 16_000)
+    dev = SpeechDataset(manifest, "dev", max_seconds=0.1)  # clips of 0.7 s and 0.8 s
+    whole = read_audio(manifest_rows[2]["path"])
+    start = (len(whole) - 1600) // 2
+    centre = normalize(whole[start:start + 1600])  # the centre 0.1 s, in every epoch
+    for epoch in range(4):
+        dev.set_epoch(epoch)
+        assert torch.equal(dev[0]["input_values"], centre), epoch
+        assert torch.equal(dev[(0, epoch)]["input_values"], centre), epoch
 
 
 def test_load_manifest_resolves_relative_paths(tmp_path, manifest_rows):

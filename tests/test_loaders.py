@@ -19,6 +19,8 @@ from helpers.model import EmotionRegressor
 from helpers.surgery import freeze_feature_encoder
 from helpers.train import make_optimizer, make_scaler, train_step
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conftest
+
 
 def test_batches_respect_the_budget_cover_the_epoch_and_change_between_epochs():
     durations = np.random.default_rng(0).uniform(0.5, 4.0, 200)

@@ -11,6 +11,8 @@ from helpers.metrics import ccc_loss
 from helpers.model import EmotionRegressor
 from helpers.surgery import apply_lora
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conftest
+
 
 def regressor(variant: str) -> EmotionRegressor:
     torch.manual_seed(0)

@@ -10,10 +10,12 @@ import torch
 from helpers.backbone import load_backbone
 from helpers.checkpoints import seed_everything
 from helpers.methods import parse_method, prepare
-from helpers.speedups import compile_trainable, set_tf32
-from helpers.step_timing import random_batch, training_step
+from helpers.speedups import compile_trainable, set_tf32, tf32_in_effect
+from helpers.step_timing import random_batch, time_method, training_step
 from helpers.timing import matmul_flops, peak_share
 from helpers.tools.gpu_check import device_slug, summary_markdown
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conftest
 
 
 def test_sdpa_and_eager_attention_agree():
@@ -27,10 +29,33 @@ def test_sdpa_and_eager_attention_agree():
     torch.testing.assert_close(outputs["sdpa"], outputs["eager"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.fixture
+def compiled_graphs(monkeypatch) -> list:
+    """``torch.compile`` with the aot_eager backend, and the graphs it compiles.
+
+    compile_trainable takes no backend, so torch.compile is patched to pass one. aot_eager
+    runs what makes a compiled module train (dynamo's capture of the forward, AOTAutograd's
+    joint forward and backward graph) but runs the graph's operations as they are instead of
+    generating C++ kernels, which took inductor 25-50 s on 2 CPU cores (aot_eager: 7 s).
+    gpu-check runs inductor on the GPU with each +compile method."""
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+    graphs = []
+
+    def backend(graph, example_inputs):
+        graphs.append(graph)
+        return aot_eager(graph, example_inputs)
+
+    compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **options: compile(
+        model, **{**options, "backend": backend}))
+    yield graphs
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("method", ["partial(2)", "cached(2)"])
-def test_a_compiled_step_agrees_with_the_eager_step(method):
+def test_a_compiled_step_agrees_with_the_eager_step(method, compiled_graphs):
     """Tolerance: 1e-4 relative on the losses; on the weights after two steps, at most one AdamW
-    update (1e-3) on any weight and 1e-5 on average: a compiled graph fuses and reorders
+    update (1e-3) on any weight and 1e-5 on average: a compiled graph may fuse and reorder
     floating-point operations, and Adam's normalised update can turn a tiny difference in a
     near-zero gradient into a visible step for that one weight."""
     batch = random_batch(2, 1.0)
@@ -54,6 +79,7 @@ def test_a_compiled_step_agrees_with_the_eager_step(method):
         results[compiled] = ([float(x) for x in losses],
                              [p.detach().clone() for p in prepared.model.parameters()
                               if p.requires_grad])
+        assert bool(compiled_graphs) == compiled  # graphs went through the backend: compiled
     assert results[True][0] == pytest.approx(results[False][0], rel=1e-4)
     for eager, compiled in zip(results[False][1], results[True][1]):
         difference = (compiled - eager).abs()
@@ -66,13 +92,48 @@ def test_peak_share_arithmetic_on_a_case_worked_by_hand():
     assert peak_share(1.5e12, 0.5, 12e12) == pytest.approx(0.25)
 
 
-def test_tf32_policy_is_explicit():
-    set_tf32(False)
-    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-    set_tf32(True)
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    set_tf32(False)
-    assert parse_method("full+tf32+compile").name == "full+tf32+compile"
+@pytest.fixture
+def tf32_flags():
+    """Sets the two TF32 switches for a test, and puts back what they were."""
+    def flags() -> tuple[bool, bool]:
+        return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+    def set_flags(matmul: bool, cudnn: bool) -> None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+    before = flags()
+    yield set_flags, flags
+    set_flags(*before)
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_tf32_policy_sets_matrix_products_and_convolutions_alike(tf32_flags, allowed):
+    """PyTorch's defaults differ for the two (matmul off, cuDNN on): the policy sets both,
+    whatever state they were in."""
+    set_flags, flags = tf32_flags
+    for matmul, cudnn in [(False, False), (False, True), (True, False), (True, True)]:
+        set_flags(matmul, cudnn)
+        set_tf32(allowed)
+        assert flags() == (allowed, allowed), (matmul, cudnn)
+
+
+def test_tf32_is_in_effect_only_on_cuda_with_the_option():
+    tf32, plain = parse_method("full+tf32+compile"), parse_method("full+compile")
+    assert tf32.tf32 and tf32.compile and tf32.name == "full+tf32+compile"
+    assert tf32_in_effect(tf32, "cuda") and tf32_in_effect(tf32, "cuda:1")
+    assert not tf32_in_effect(tf32, "cpu") and not tf32_in_effect(plain, "cuda")
+
+
+def test_a_timed_step_records_and_applies_the_tf32_in_effect(tf32_flags):
+    """The run sets the switches itself rather than inheriting them: on the CPU, +tf32 is not
+    in effect, so it is recorded as False and both switches end up off; on CUDA, both on."""
+    set_flags, flags = tf32_flags
+    set_flags(matmul=True, cudnn=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = time_method("partial(1)+tf32", "random:tiny", device, batch_size=1,
+                         clip_seconds=0.5, num_steps=1, warmup=0)
+    on_cuda = device == "cuda"
+    assert result.tf32 is on_cuda and flags() == (on_cuda, on_cuda)
 
 
 def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
@@ -98,8 +159,6 @@ def test_gpu_check_summary_reports_savings_and_peak_share():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_cuda_step_trains_in_bf16():
-    from helpers.step_timing import time_method
-
     result = time_method("partial(3)+bf16", "random:tiny", "cuda", batch_size=2,
                          clip_seconds=1.0, num_steps=2, warmup=1)
     assert result.precision == "bf16" and result.peak_allocated_mib > 0

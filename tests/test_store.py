@@ -17,6 +17,8 @@ from helpers.audio import read_audio
 from helpers.dataset import SpeechDataset, waveform_store
 from helpers.store import INDEX, DiskSpaceError, build_store, ensure_free_space, open_store
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conftest
+
 
 def test_the_store_holds_what_decoding_gives(tmp_path, manifest_rows):
     manifest = pd.DataFrame(manifest_rows)

@@ -15,6 +15,8 @@ from helpers.model import EmotionRegressor
 from helpers.surgery import freeze_feature_encoder
 from helpers.train import evaluate, fit, make_optimizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conftest
+
 
 def tone_model(seed: int = 0) -> EmotionRegressor:
     torch.manual_seed(seed)
@@ -95,7 +97,6 @@ def test_auto_precision_is_fp32_on_cpu_and_unknown_precision_is_refused():
     assert resolve_precision("auto", "cpu") == "fp32"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp8", "cpu")
-
 
 
 def test_the_optimizer_holds_exactly_the_trainable_parameters():
