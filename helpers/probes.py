@@ -50,9 +50,16 @@ def prosodic_features(waveform: torch.Tensor) -> dict[str, float]:
 
 
 def prosodic_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    """``prosodic_features`` of every clip in a manifest, one row each."""
-    return pd.DataFrame([prosodic_features(read_audio(p)) for p in manifest["path"]],
-                        index=manifest.index)
+    """``prosodic_features`` of every clip in a manifest, one row each, computed on one
+    thread: a clip's operations are small, and split across threads they wait for each other
+    (measured on 2 busy cores: 0.05 s per clip on one thread, several seconds on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = [prosodic_features(read_audio(p)) for p in manifest["path"]]
+    finally:
+        torch.set_num_threads(threads)
+    return pd.DataFrame(rows, index=manifest.index)
 
 
 def common_labels(manifest: pd.DataFrame) -> np.ndarray:
