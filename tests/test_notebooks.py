@@ -17,7 +17,6 @@ from helpers.tables import chosen_learning_rates
 from helpers.tools.run_notebooks import execute, series
 
 GUARD = Path(__file__).parent / "netguard"
-pytestmark = pytest.mark.xdist_group("notebooks")  # one worker runs them all, in reading order
 
 
 def test_the_series_is_complete():
