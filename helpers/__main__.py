@@ -158,7 +158,8 @@ def main_job(args: argparse.Namespace) -> None:
     with stopwatch("the whole series"):
         for notebook in series():
             with stopwatch(f"  {notebook.relative_to(NOTEBOOK_DIR)}"):
-                execute(notebook, out / notebook.relative_to(NOTEBOOK_DIR), env=env)
+                execute(notebook, out / notebook.relative_to(NOTEBOOK_DIR), timeout=900,
+                        env=env, attempts=2)
     summary = summary_table(reference_results("bench"))
     figure, table = results / "tradeoffs.png", results / "tradeoffs.md"
     tradeoff_figure(summary, path=figure)

@@ -11,28 +11,29 @@ even run.
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 
 import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import Wav2Vec2Config, Wav2Vec2Model
+from transformers import PretrainedConfig
 
-from .backbone import backbone_config, blocks
+from .backbone import backbone_config, blocks, build_backbone
 from .constants import SAMPLE_RATE
 from .methods import layers_trained, parse_method
 from .paths import BUNDLED_BACKBONE
 from .probes import load_probes
 from .tables import summary_table
 
-def stage_flops(config: Wav2Vec2Config, batch_size: int, clip_seconds: float) -> pd.DataFrame:
+def stage_flops(config: PretrainedConfig, batch_size: int, clip_seconds: float) -> pd.DataFrame:
     """Forward and backward FLOPs of each stage (CNN, projection, positional conv, layer 0 ...
     L-1) for a batch of ``batch_size`` clips of ``clip_seconds``, counted on the meta device
     in a training step where everything but the CNN trains."""
     with torch.device("meta"):
-        backbone = Wav2Vec2Model(config)
+        backbone = build_backbone(copy.deepcopy(config))
         audio = torch.zeros(batch_size, int(clip_seconds * SAMPLE_RATE))
-    backbone.freeze_feature_encoder()
+    backbone.feature_extractor._freeze_parameters()
     names = {module: name for name, module in backbone.named_modules()}
     counts = {}
     for phase in ("forward", "training"):
@@ -57,7 +58,7 @@ def stage_flops(config: Wav2Vec2Config, batch_size: int, clip_seconds: float) ->
     return table
 
 
-def training_flops(config: Wav2Vec2Config, batch_size: int, clip_seconds: float) -> pd.DataFrame:
+def training_flops(config: PretrainedConfig, batch_size: int, clip_seconds: float) -> pd.DataFrame:
     """FLOPs of one training step when the top n transformer layers train, for every n:
     ``partial`` runs the whole backbone forward and the top n layers backward, ``cached`` runs
     only the top n layers (their input comes from the cache); ``full`` (n = L) also trains the

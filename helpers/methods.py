@@ -22,11 +22,13 @@ from typing import Callable
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
-from .backbone import load_backbone
+from .backbone import family_of, load_backbone
 from .config import RunConfig
 from .model import EmotionRegressor
-from .surgery import (SplitRegressor, add_lora, train_all_layers, train_biases, train_top_layers,
+from .surgery import (SplitRegressor, add_dora, add_ia3, add_lora, add_lora_everywhere,
+                      add_lora_feed_forward, train_all_layers, train_biases, train_top_layers,
                       weighted_sum)
 
 
@@ -43,6 +45,7 @@ class MethodKind:
     trains_on_cache: bool = False    # trains on the frozen prefix's cached states, not audio
     layer_sweep: bool = False        # a point of the "how many layers to train" sweep
     kind_options: tuple[str, ...] = ()  # options only this kind takes (e.g. ``cnn``)
+    adapts_attention: bool = False   # wraps the attention projections (not every family can)
     training_grid: tuple[str, ...] = ()  # what ``make bench`` trains (fp32)
     training_bf16: tuple[str, ...] = ()  # ... and again with ``+bf16``
     timing_grid: tuple[str, ...] = ()    # what the timing grid times (fp32)
@@ -70,8 +73,20 @@ KINDS = {kind.name: kind for kind in [
                training_bf16=("partial(3)",), timing_grid=("partial(3)",),
                timing_variants={"bf16": ("partial(3)",), "compile": ("partial(3)",)}),
     MethodKind("lora", add_lora, "low-rank adapters on attention + head", "tab:purple",
-               number="rank", training_grid=("lora(16)",), timing_grid=("lora(16)",),
-               timing_variants={"bf16": ("lora(16)",)}),
+               number="rank", adapts_attention=True, training_grid=("lora(16)",),
+               timing_grid=("lora(16)",), timing_variants={"bf16": ("lora(16)",)}),
+    MethodKind("lora-ffn", add_lora_feed_forward, "low-rank adapters on the feed-forward "
+               "layers + head", "mediumpurple", number="rank", training_grid=("lora-ffn(16)",),
+               timing_grid=("lora-ffn(16)",)),
+    MethodKind("lora-all", add_lora_everywhere, "low-rank adapters on attention and "
+               "feed-forward + head", "indigo", number="rank", adapts_attention=True,
+               training_grid=("lora-all(16)",), timing_grid=("lora-all(16)",)),
+    MethodKind("dora", add_dora, "weight-decomposed low-rank adapters on attention + head",
+               "tab:pink", number="rank", adapts_attention=True, training_grid=("dora(16)",),
+               timing_grid=("dora(16)",)),
+    MethodKind("ia3", add_ia3, "learned rescaling of keys, values and feed-forward + head",
+               "tab:cyan", adapts_attention=True, training_grid=("ia3",),
+               timing_grid=("ia3",)),
     MethodKind("cached", train_top_layers, "the top n layers on stored prefix outputs",
                "tab:orange", number="layers trained", counts_layers=True,
                trains_on_cache=True, training_grid=("cached(3)",),
@@ -95,7 +110,8 @@ KIND_OPTIONS = {option: [kind.name for kind in KINDS.values() if option in kind.
                 for option in OPTIONS if any(option in k.kind_options for k in KINDS.values())}
 PATTERN = re.compile(rf"^(?P<kind>{'|'.join(map(re.escape, KINDS))})(?:\((?P<number>\d+)\))?"
                      rf"(?P<options>(?:\+(?:{'|'.join(OPTIONS)}))*)$")
-EXAMPLES = "full, full+cnn, partial(3), lora(16), cached(3), weighted-sum, partial(3)+bf16"
+EXAMPLES = ("full, full+cnn, partial(3), lora(16), lora-ffn(16), dora(16), ia3, bitfit, "
+            "cached(3), weighted-sum, partial(3)+bf16")
 
 
 @dataclass(frozen=True)
@@ -164,11 +180,18 @@ def base_method(name: str) -> str:
     return parse_method(name).base.name
 
 
-def check_fits(method: Method, num_layers: int) -> None:
-    """Refuse a method that would train more layers than the backbone has."""
+def check_fits(method: Method, config: PretrainedConfig) -> None:
+    """Refuse a method that the backbone (``config``) cannot take: more layers than it has, or
+    adapters on attention projections its family never calls as modules."""
+    num_layers = config.num_hidden_layers
     if method.spec.counts_layers and method.number > num_layers:
         raise ValueError(f"method {method.name}: the backbone has {num_layers} transformer "
                          f"layers, so at most {method.kind}({num_layers})")
+    if method.spec.adapts_attention and not family_of(config.model_type).adapts_attention:
+        raise ValueError(
+            f"method {method.name} on a {config.model_type} backbone: its attention reads the "
+            "projection weights directly (torch's multi-head attention function), so adapters "
+            "there would never run; choose lora-ffn(r), bitfit, partial(n) or full")
 
 
 def layers_trained(method: Method, num_layers: int) -> int | None:
@@ -214,7 +237,7 @@ def prepare(method: Method | str, backbone: str = RunConfig.backbone, seed: int 
     method = parse_method(method)
     torch.manual_seed(seed)
     regressor = EmotionRegressor(load_backbone(backbone, seed=seed, attention=attention))
-    check_fits(method, regressor.backbone.config.num_hidden_layers)
+    check_fits(method, regressor.backbone.config)
     model = method.spec.surgery(regressor, method)
     split = model if isinstance(model, SplitRegressor) else None
     return Prepared(split.suffix if method.spec.trains_on_cache else model, regressor, split)

@@ -1,10 +1,10 @@
-"""The regressor: a Wav2Vec2 backbone, masked mean pooling and a small head for A/V/D."""
+"""The regressor: a backbone (Wav2Vec2, HuBERT or WavLM), masked mean pooling and a small head for A/V/D."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import Wav2Vec2Model
+from transformers import PreTrainedModel
 
 from .constants import DIMENSIONS
 
@@ -27,7 +27,7 @@ class EmotionRegressor(nn.Module):
     mask: the true lengths travel with every batch (see ``helpers.data.collate``).
     """
 
-    def __init__(self, backbone: Wav2Vec2Model, head_dim: int = 256, dropout: float = 0.1):
+    def __init__(self, backbone: PreTrainedModel, head_dim: int = 256, dropout: float = 0.1):
         super().__init__()
         self.backbone = backbone
         width = backbone.config.hidden_size

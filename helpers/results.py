@@ -20,10 +20,11 @@ class Record:
     kind: str
     layers_or_rank: int | None
     backbone: str
+    family: str = "wav2vec2"          # the backbone's family (records before families: wav2vec2)
     device: str
     precision: str
     tf32: bool
-    attention: str
+    attention: str                    # the kernel that ran (WavLM: mha, its own)
     seed: int
     trainable_params: int
     total_params: int

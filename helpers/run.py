@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import distributed
-from .backbone import count_parameters
+from .backbone import attention_kernel, count_parameters
 from .cache import collate_cached, get_cache
 from .config import RunConfig
 from .constants import FRAME_RATE, SAMPLE_RATE, SPLITS
@@ -178,7 +178,10 @@ def describe(method: Method, prepared: Prepared, config: RunConfig | object,
     return {"method": method.name, "kind": method.kind, "layers_or_rank": method.number,
             "backbone": config.backbone, "device": device_name(device),
             "precision": resolve_precision(method.precision, device),
-            "tf32": tf32_in_effect(method, device), "attention": config.attention,
+            "tf32": tf32_in_effect(method, device),
+            "family": prepared.regressor.backbone.config.model_type,
+            "attention": attention_kernel(prepared.regressor.backbone.config.model_type,
+                                          config.attention),
             "seed": config.seed,
             "trainable_params": count_parameters(prepared.model, trainable_only=True),
             "total_params": count_parameters(prepared.regressor),

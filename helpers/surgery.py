@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import IA3Config, LoraConfig, get_peft_model
 from torch import nn
-from transformers import Wav2Vec2Model
-from transformers.masking_utils import create_bidirectional_mask
+from transformers import PreTrainedModel
 
+from .backbone import encoder_input, position_bias, run_layers
 from .dataset import wants_attention_mask
 from .model import EmotionRegressor, WeightedSumRegressor, frame_mask
 
@@ -40,6 +40,29 @@ def train_top_layers(model: EmotionRegressor, method: Method) -> SplitRegressor:
 def add_lora(model: EmotionRegressor, method: Method) -> nn.Module:
     """lora(r): rank-r adapters on the attention projections; adapters and head train."""
     return apply_lora(model, r=method.number)
+
+
+def add_lora_feed_forward(model: EmotionRegressor, method: Method) -> nn.Module:
+    """lora-ffn(r): rank-r adapters on the feed-forward layers only (where PEFT-SER, Feng &
+    Narayanan 2023, found LoRA works best for emotion)."""
+    return apply_lora(model, r=method.number, on_attention=False, feed_forward=True)
+
+
+def add_lora_everywhere(model: EmotionRegressor, method: Method) -> nn.Module:
+    """lora-all(r): rank-r adapters on the attention and the feed-forward layers."""
+    return apply_lora(model, r=method.number, feed_forward=True)
+
+
+def add_dora(model: EmotionRegressor, method: Method) -> nn.Module:
+    """dora(r): weight-decomposed LoRA (Liu et al. 2024) on the attention projections: each
+    weight's direction gets a rank-r update and its magnitude a trained scale."""
+    return apply_lora(model, r=method.number, dora=True)
+
+
+def add_ia3(model: EmotionRegressor, method: Method) -> nn.Module:
+    """ia3: learned vectors that rescale the keys, values and feed-forward activations (Liu et
+    al. 2022); about a thousandth of LoRA's parameters."""
+    return apply_ia3(model)
 
 
 def train_biases(model: EmotionRegressor, method: Method) -> EmotionRegressor:
@@ -69,12 +92,12 @@ def freeze(module: nn.Module) -> nn.Module:
 def freeze_feature_encoder(model: EmotionRegressor) -> EmotionRegressor:
     """Freeze the CNN feature encoder, as standard Wav2Vec2 finetuning recipes do.
 
-    transformers' own ``freeze_feature_encoder`` is used, not just ``requires_grad_(False)``:
-    it also stops the encoder from marking its input as needing gradients, without which a
-    frozen CNN still runs a backward pass for its input gradients (about a fifth of a
-    wav2vec2-base training step, spent on nothing).
+    transformers' own freezing is used, not just ``requires_grad_(False)``: it also stops the
+    encoder from marking its input as needing gradients, without which a frozen CNN still
+    runs a backward pass for its input gradients (about a fifth of a wav2vec2-base training
+    step, spent on nothing). (HuBERT's model class lacks the shortcut its encoder has.)
     """
-    model.backbone.freeze_feature_encoder()
+    model.backbone.feature_extractor._freeze_parameters()
     return model
 
 
@@ -104,7 +127,7 @@ class FrozenPrefix(nn.Module):
     what makes its output cacheable.
     """
 
-    def __init__(self, backbone: Wav2Vec2Model, k: int):
+    def __init__(self, backbone: PreTrainedModel, k: int):
         super().__init__()
         self.backbone, self.k = backbone, k  # shared with the suffix: freezing is by layer
 
@@ -124,21 +147,9 @@ class FrozenPrefix(nn.Module):
     def forward(self, input_values: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states entering layer k, shape (batch, frames, width)."""
-        backbone, encoder = self.backbone, self.backbone.encoder
-        features = backbone.feature_extractor(input_values).transpose(1, 2)
-        frames = None
-        if attention_mask is not None:
-            frames = backbone._get_feature_vector_attention_mask(features.shape[1], attention_mask)
-        hidden, _ = backbone.feature_projection(features)
-        if frames is not None:
-            hidden = hidden.masked_fill(~frames.unsqueeze(-1), 0.0)
-        hidden = hidden + encoder.pos_conv_embed(hidden)
-        if not backbone.config.do_stable_layer_norm:
-            hidden = encoder.layer_norm(hidden)  # post-LN ("base") normalises before layer 0
-        mask = layer_mask(backbone.config, hidden, frames)
-        for layer in encoder.layers[: self.k]:
-            hidden = layer(hidden, attention_mask=mask)
-        return hidden
+        hidden, frames = encoder_input(self.backbone, input_values, attention_mask)
+        return run_layers(self.backbone.encoder.layers[: self.k], self.backbone.config, hidden,
+                          frames, position_bias(self.backbone))
 
 
 class TrainableSuffix(nn.Module):
@@ -154,23 +165,15 @@ class TrainableSuffix(nn.Module):
             else None
         self.head = model.head
         self.pool_and_predict = model.pool_and_predict
+        self.position_bias = position_bias(model.backbone)  # WavLM's, from layer 0's embedding
 
     def forward(self, hidden: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         frames = frame_mask(frame_lengths, hidden.shape[1]) if wants_attention_mask(self.config) \
             else None
-        mask = layer_mask(self.config, hidden, frames)
-        for layer in self.layers:
-            hidden = layer(hidden, attention_mask=mask)
+        hidden = run_layers(self.layers, self.config, hidden, frames, self.position_bias)
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
         return self.pool_and_predict(hidden, frame_lengths)
-
-
-def layer_mask(config, hidden: torch.Tensor, frames: torch.Tensor | None):
-    """The attention mask transformers' encoder layers expect (None: attend everywhere)."""
-    if frames is None:
-        return None
-    return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=frames)
 
 
 class SplitRegressor(nn.Module):
@@ -213,17 +216,36 @@ def lora_targets(num_layers: int, modules: tuple[str, ...] = ATTENTION,
 
 
 def apply_lora(model: EmotionRegressor, r: int = 16, alpha: int = 32, dropout: float = 0.05,
-               feed_forward: bool = False, layers: int | None = None):
+               feed_forward: bool = False, layers: int | None = None, on_attention: bool = True,
+               dora: bool = False):
     """Wrap ``model`` with peft LoRA adapters; only the adapters and the head train.
 
-    Adapters go on the attention projections (and the feed-forward with ``feed_forward``),
-    optionally only in the last ``layers`` layers. No ``task_type`` is set: peft's task
-    wrappers would forward ``input_ids``, which a speech model does not take.
+    Adapters go on the attention projections (with ``on_attention``) and the feed-forward
+    layers (with ``feed_forward``), optionally only in the last ``layers`` layers; ``dora``
+    makes them DoRA adapters. No ``task_type`` is set: peft's task wrappers would forward
+    ``input_ids``, which a speech model does not take.
     """
-    modules = ATTENTION + (FEED_FORWARD if feed_forward else ())
-    model.backbone.freeze_feature_encoder()  # no backward pass through the frozen CNN
+    modules = (ATTENTION if on_attention else ()) + (FEED_FORWARD if feed_forward else ())
+    if not modules:
+        raise ValueError("apply_lora: choose on_attention=True, feed_forward=True or both")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, modules_to_save=["head"],
-                        target_modules=lora_targets(len(model.backbone.encoder.layers), modules,
-                                                    layers))
+                        use_dora=dora, target_modules=lora_targets(
+                            len(model.backbone.encoder.layers), modules, layers))
+    return wrap_with_peft(model, config)
+
+
+def apply_ia3(model: EmotionRegressor):
+    """Wrap ``model`` with peft IA3 vectors on the keys, values and the feed-forward output."""
+    targets = ("k_proj", "v_proj", "output_dense")
+    num_layers = len(model.backbone.encoder.layers)
+    config = IA3Config(target_modules=lora_targets(num_layers, targets),
+                       feedforward_modules=lora_targets(num_layers, ("output_dense",)),
+                       modules_to_save=["head"])
+    return wrap_with_peft(model, config)
+
+
+def wrap_with_peft(model: EmotionRegressor, config) -> nn.Module:
+    """The backbone frozen (the CNN without a backward pass), peft's adapters added."""
+    freeze_feature_encoder(model)
     model.backbone.config.layerdrop = 0.0
     return get_peft_model(model, config)

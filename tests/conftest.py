@@ -16,7 +16,9 @@ import pytest
 import soundfile as sf
 import torch
 from threadpoolctl import threadpool_limits
-from transformers import Wav2Vec2Config, Wav2Vec2Model
+from transformers import PretrainedConfig, Wav2Vec2Model
+
+from helpers.backbone import FAMILIES
 
 from helpers.constants import DIMENSIONS
 
@@ -25,10 +27,12 @@ _guard = importlib.util.spec_from_file_location(
 _guard.loader.exec_module(importlib.util.module_from_spec(_guard))  # installs it, for good
 
 
-def small_config(variant: str = "base", layers: int = 2) -> Wav2Vec2Config:
-    """A random Wav2Vec2 of either encoder variant, small enough for unit tests."""
+def small_config(variant: str = "base", layers: int = 2,
+                 family: str = "wav2vec2") -> PretrainedConfig:
+    """A random backbone config of either encoder variant (base: post-LN, group-norm CNN, no
+    mask; large: pre-LN, layer-norm CNN, masks) and any family, small enough for unit tests."""
     large = variant == "large"
-    return Wav2Vec2Config(
+    return FAMILIES[family].config_class(
         hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
         conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
         feat_extract_norm="layer" if large else "group", do_stable_layer_norm=large,

@@ -3,9 +3,8 @@
 import pandas as pd
 import pytest
 import torch
-from transformers import Wav2Vec2Model
-
 from conftest import small_config
+from helpers.backbone import build_backbone
 from helpers.cache import CachedDataset, build_cache, cache_key, collate_cached, get_cache
 from helpers.dataset import SpeechDataset, collate_for
 from helpers.loaders import to_device
@@ -19,9 +18,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conf
 K = 1
 
 
-def split_model(variant: str):
+def split_model(variant: str, family: str = "wav2vec2"):
     torch.manual_seed(0)
-    model = EmotionRegressor(Wav2Vec2Model(small_config(variant, layers=3)), head_dim=8)
+    model = EmotionRegressor(build_backbone(small_config(variant, layers=3, family=family)),
+                             head_dim=8)
     return split_at_layer(model, K)
 
 
@@ -40,18 +40,21 @@ def step(split, module, inputs: dict, labels: torch.Tensor) -> tuple[float, dict
 # Base-style models take no attention mask, so padding changes their live outputs; the cache
 # holds unpadded states. Their step is compared on equal-length clips, large-style (masked)
 # models on clips of different lengths.
+# Every family: WavLM's upper layers get their position bias recomputed from the length.
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm"])
 @pytest.mark.parametrize("variant, max_seconds", [("base", 0.5), ("large", None)])
-def test_a_cached_step_equals_a_partial_step(tmp_path, manifest_rows, variant, max_seconds):
+def test_a_cached_step_equals_a_partial_step(tmp_path, manifest_rows, variant, max_seconds,
+                                             family):
     manifest = pd.DataFrame(manifest_rows)
     dataset = SpeechDataset(manifest, "train", max_seconds=max_seconds)
     batch_items = [dataset[i] for i in range(len(dataset))]
-    live_batch = collate_for(small_config(variant))(batch_items)
+    live_batch = collate_for(small_config(variant, family=family))(batch_items)
 
-    live = split_model(variant)
+    live = split_model(variant, family)
     live_loss, live_grads = step(live, live, {k: v for k, v in live_batch.items() if k != "labels"},
                                  live_batch["labels"])
 
-    cached_model = split_model(variant)
+    cached_model = split_model(variant, family)
     cache = CachedDataset(build_cache(cached_model.prefix, dataset, tmp_path / "c", "cpu",
                                          progress=False))
     cached_batch = collate_cached([cache[i] for i in range(len(cache))])

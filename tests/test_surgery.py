@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from transformers import Wav2Vec2Model
-
 from conftest import small_config
+from helpers.backbone import build_backbone
 from helpers.dataset import collate_for
 from helpers.metrics import ccc_loss
 from helpers.model import EmotionRegressor
@@ -13,18 +12,25 @@ from helpers.surgery import freeze_feature_encoder, split_at_layer, train_last_l
 pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conftest
 
 LAYERS = 3
-VARIANTS = ["base", "large"]
+# every family in both encoder variants: "wavlm-large" is a pre-LN, masked WavLM
+VARIANTS = [f"{family}-{size}" for family in ("wav2vec2", "hubert", "wavlm")
+            for size in ("base", "large")]
+
+
+def config(variant: str):
+    family, size = variant.split("-")
+    return small_config(size, layers=LAYERS, family=family)
 
 
 def regressor(variant: str, seed: int = 0) -> EmotionRegressor:
     torch.manual_seed(seed)
-    return EmotionRegressor(Wav2Vec2Model(small_config(variant, layers=LAYERS)), head_dim=8)
+    return EmotionRegressor(build_backbone(config(variant)), head_dim=8)
 
 
 def padded_batch(variant: str) -> dict:
     torch.manual_seed(1)
     items = [{"input_values": torch.randn(n), "labels": torch.rand(3)} for n in (6400, 4000, 5000)]
-    return collate_for(small_config(variant))(items)
+    return collate_for(config(variant))(items)
 
 
 def inputs(batch: dict) -> dict:
@@ -53,14 +59,15 @@ def test_padding_changes_only_an_unmasked_models_prediction(variant):
     of equal length)."""
     model = regressor(variant).eval()
     batch = padded_batch(variant)
-    assert ("attention_mask" in batch) == (variant == "large")
+    large = variant.endswith("large")
+    assert ("attention_mask" in batch) == large
     short = {"input_values": batch["input_values"][1:2, :4000], "lengths": batch["lengths"][1:2]}
-    if variant == "large":
+    if large:
         short["attention_mask"] = batch["attention_mask"][1:2, :4000]
     split = split_at_layer(model, 1).eval()
     with torch.no_grad():
         alone, padded = split(**short), split(**inputs(batch))[1:2]
-    if variant == "large":
+    if large:
         torch.testing.assert_close(alone, padded, rtol=1e-4, atol=1e-5)
     else:
         assert not torch.allclose(alone, padded, rtol=1e-4, atol=1e-5), "padding had no effect"
@@ -102,6 +109,6 @@ def test_full_finetuning_trains_all_but_the_cnn(variant):
 
 def test_train_last_layers_refuses_impossible_counts():
     with pytest.raises(ValueError, match="transformer layers"):
-        train_last_layers(regressor("base"), LAYERS + 1)
+        train_last_layers(regressor("wav2vec2-base"), LAYERS + 1)
     with pytest.raises(ValueError, match="between 0 and"):
-        split_at_layer(regressor("base"), -1)
+        split_at_layer(regressor("wav2vec2-base"), -1)

@@ -118,9 +118,21 @@ class GridRunner:
 
 def check_methods(methods: list[str], backbone: str) -> None:
     """Refuse the whole grid before anything runs if one method is unknown or does not fit."""
-    num_layers = backbone_config(backbone).num_hidden_layers
+    config = backbone_config(backbone)
     for name in methods:
-        check_fits(parse_method(name), num_layers)
+        check_fits(parse_method(name), config)
+
+
+def fitting(methods: list[str], backbone: str) -> list[str]:
+    """The default grid's methods that ``backbone`` can take, saying which are left out."""
+    config, kept = backbone_config(backbone), []
+    for name in methods:
+        try:
+            check_fits(parse_method(name), config)
+            kept.append(name)
+        except ValueError as refusal:
+            print(f"left out: {refusal}")
+    return kept
 
 
 def training_bench(settings: RunConfig, grid: BenchGrid, methods: list[str],
@@ -166,7 +178,8 @@ def bench(settings: RunConfig, timing: TimingConfig, grid: BenchGrid) -> None:
     if grid.loader_only:
         return loader_bench(settings, out_dir)
     backbone = timing.backbone if grid.timing_only else settings.backbone
-    methods = grid.method_names or (timing_grid() if grid.timing_only else training_grid())
+    methods = grid.method_names or fitting(
+        timing_grid() if grid.timing_only else training_grid(), backbone)
     check_methods(methods, backbone)
     if not grid.method_names and not bf16_is_fast(settings.device):
         print(f"bf16 is emulated on this {settings.device} (no native bf16): skipping +bf16 "

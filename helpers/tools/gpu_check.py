@@ -2,6 +2,7 @@
 
 In about 8 minutes it times training steps of random wav2vec2-base and -large at two batch
 sizes (fp32, +tf32, +bf16, +fp16, +compile) with each method's share of the attainable peak,
+the parameter-efficient methods on wav2vec2-base and the HuBERT and WavLM families at 32 clips,
 trains three methods briefly on the bundled corpus on the GPU while sampling its utilisation
 (and the data-wait share of each epoch), runs one training under ``torchrun`` (one process,
 NCCL), and executes every notebook in SMOKE mode on CUDA. It writes ``results/gpu/<device>/``:
@@ -34,13 +35,22 @@ from .run_notebooks import execute, series
 NEEDS = {"timing": [], "bundled": ["soundfile", "pandas"], "torchrun": ["soundfile", "pandas"],
          "notebooks": ["soundfile", "pandas", "nbclient", "nbformat", "ipykernel", "matplotlib",
                        "seaborn", "ipywidgets", "tabulate"]}
-TIMING = {  # backbone -> methods, each timed at every batch size
-    "random:wav2vec2-base": ["full", "full+tf32", "full+bf16", "full+fp16", "partial(3)+bf16",
-                             "cached(3)+bf16", "full+bf16+compile", "partial(3)+bf16+compile",
-                             "cached(3)+bf16+compile"],
-    "random:wav2vec2-large": ["full+bf16", "partial(3)+bf16", "cached(3)+bf16"],
-}
-BATCH_SIZES, CLIP_SECONDS = (8, 32), 6.0
+STUDY = ["full+bf16", "partial(3)+bf16", "cached(3)+bf16"]
+TIMING = [  # (backbone, batch sizes, methods), in order of importance (a run cut short
+    # by a time limit keeps what came first): each method timed at each batch size
+    ("random:wav2vec2-base", (8, 32), ["full", "full+tf32", "full+fp16", *STUDY]),
+    ("random:hubert-base", (32,), [*STUDY, "lora(16)+bf16"]),
+    ("random:wavlm-base-plus", (32,), [*STUDY, "lora-ffn(16)+bf16"]),
+    ("random:wav2vec2-base", (32,), ["lora(16)+bf16", "lora-ffn(16)+bf16", "lora-all(16)+bf16",
+                                     "dora(16)+bf16", "ia3+bf16", "bitfit+bf16",
+                                     "weighted-sum+bf16"]),
+    ("random:wav2vec2-large", (32,), STUDY),
+    ("random:hubert-large", (32,), STUDY),
+    ("random:wavlm-large", (32,), STUDY),
+    ("random:wav2vec2-base", (32,), ["full+bf16+compile", "partial(3)+bf16+compile",
+                                     "cached(3)+bf16+compile"]),
+]
+CLIP_SECONDS = 6.0
 BUNDLED_METHODS = ["full+bf16", "partial(3)+bf16", "cached(3)+bf16"]
 
 
@@ -98,8 +108,8 @@ class Utilisation:
 
 def timing_step(record) -> list[dict]:
     rows = []
-    for backbone, methods in TIMING.items():
-        for batch_size in BATCH_SIZES:
+    for backbone, batch_sizes, methods in TIMING:
+        for batch_size in batch_sizes:
             for method in methods:
                 result = time_method(TimingConfig(
                     method=method, backbone=backbone, device="cuda", batch_size=batch_size,
@@ -147,8 +157,9 @@ def notebooks_step(record, out: Path) -> list[dict]:
     return rows
 
 
-def gpu_check(out_dir: Path, steps: list[str]) -> int:
-    """Run every step that can run here; return the exit status (1 if a step failed)."""
+def gpu_check(out_dir: Path, chosen: list[str]) -> int:
+    """Run every ``chosen`` step that can run here; return the exit status (1 if a step
+    failed)."""
     if not torch.cuda.is_available():
         print(f"gpu-check: no CUDA GPU here (torch {torch.__version__}); nothing to check. "
               "Run `make gpu-check` on a machine with an NVIDIA GPU.")
@@ -169,7 +180,7 @@ def gpu_check(out_dir: Path, steps: list[str]) -> int:
              "notebooks": lambda: notebooks_step(record, out)}
     outcomes, rows = {}, []
     for step, function in steps.items():
-        if step not in steps:
+        if step not in chosen:
             continue
         absent = missing(NEEDS[step])
         if absent:
@@ -200,6 +211,7 @@ def summary_markdown(device: str, rows: list[dict], outcomes: dict[str, str]) ->
         table = group.set_index("method")
         seconds = table["seconds_per_step"]
         shown = pd.DataFrame({
+            "attention": table["attention"],
             "ms/step": (seconds * 1e3).round(1),
             "audio s/s": table["audio_seconds_per_second"].round(0),
             "less time than full": (1 - seconds / seconds.get("full", float("nan"))).round(3),
