@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from .paths import default_results_root
 
+POOLING_NAMES = ("mean", "attentive")
+PHASES = ("train", "inference", "merged")  # what a timing measures  # model.POOLINGS builds them
 LEARNING_RATES = (1e-4, 2e-4, 5e-4, 1e-3)  # the bench chooses each method's rate among these
 # the notebooks' budget: 2 epochs of the bundled corpus (SMOKE mode: 1 epoch of 1 s crops)
 NOTEBOOK_SETTINGS = {"num_epochs": 2}
@@ -70,7 +72,10 @@ class RunConfig(Settings):
                             "random:wav2vec2-base")
     data: str = setting("bundled", "bundled, msp:/path, iemocap:/path or a manifest CSV")
     device: str = setting("auto", "auto (CUDA when available, else the CPU), cpu, cuda, cuda:N")
-    attention: str = setting("sdpa", "sdpa (fused kernel) or eager (for checks)")
+    attention: str = setting("sdpa", "sdpa (fused kernel) or eager (for checks); WavLM runs "
+                             "its own")
+    pooling: str = setting("mean", "how frames become one vector: mean, or attentive "
+                           "(attentive statistics pooling, trained with the head)")
     num_epochs: int = setting(6, "passes over the training clips")
     lr: float = setting(5e-4, "peak AdamW learning rate (warm-up, then linear decay)")
     max_batch_seconds: float = setting(32.0, "audio per batch, padding included (8 clips of "
@@ -100,6 +105,7 @@ class RunConfig(Settings):
     def __post_init__(self) -> None:
         self.check([
             ("num_epochs", "at least 1", self.num_epochs >= 1),
+            ("pooling", f"one of {POOLING_NAMES}", self.pooling in POOLING_NAMES),
             ("lr", "a positive finite number", finite(self.lr) and self.lr > 0),
             ("max_batch_seconds", "positive", self.max_batch_seconds > 0),
             ("max_clip_seconds", "positive", self.max_clip_seconds > 0),
@@ -121,10 +127,14 @@ class TimingConfig(Settings):
     """Every setting of a timed training step (``time_method``): speed, memory and FLOPs on a
     batch of random audio, no convergence."""
 
-    method: str = setting("full", "the method whose training step is timed")
+    method: str = setting("full", "the method whose training step (or inference) is timed")
+    phase: str = setting("train", "train: one training step; inference: the finetuned model's "
+                         "forward pass (eval, no gradients; a cached method runs its prefix "
+                         "live); merged: the same with adapters merged into the weights")
     backbone: str = setting("random:wav2vec2-base", "random weights are enough for timing")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     attention: str = setting("sdpa", "sdpa or eager")
+    pooling: str = setting("mean", "mean or attentive")
     batch_size: int = setting(2, "clips per timed step")
     clip_seconds: float = setting(3.0, "length of each clip")
     num_steps: int = setting(5, "timed steps (the median is reported)")
@@ -133,6 +143,8 @@ class TimingConfig(Settings):
 
     def __post_init__(self) -> None:
         self.check([("batch_size", "at least 1", self.batch_size >= 1),
+                    ("phase", f"one of {PHASES}", self.phase in PHASES),
+                    ("pooling", f"one of {POOLING_NAMES}", self.pooling in POOLING_NAMES),
                     ("clip_seconds", "positive", self.clip_seconds > 0),
                     ("num_steps", "at least 1", self.num_steps >= 1),
                     ("warmup", "0 or more", self.warmup >= 0),

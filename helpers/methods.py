@@ -2,7 +2,8 @@
 
 Methods are short strings, so that a results table, a command line and a notebook parameter
 all speak the same language: ``full``, ``full+cnn``, ``partial(3)``, ``lora(16)``,
-``cached(3)``, ``weighted-sum``, and any of them with ``+bf16``, ``+fp16`` or ``+auto`` for
+``cached(3)``, ``weighted-sum``, any of them on a pruned backbone (``prune(9)+partial(3)``:
+only the first 9 transformer layers are kept, then the top 3 of those train), and any with ``+bf16``, ``+fp16`` or ``+auto`` for
 mixed precision, ``+tf32`` to let fp32 matrix products use TF32 tensor cores (a GPU option:
 plain ``fp32`` is true fp32), and ``+compile`` to run the part that trains through
 ``torch.compile``.
@@ -28,7 +29,7 @@ from .backbone import family_of, load_backbone
 from .config import RunConfig
 from .model import EmotionRegressor
 from .surgery import (SplitRegressor, add_dora, add_ia3, add_lora, add_lora_everywhere,
-                      add_lora_feed_forward, train_all_layers, train_biases, train_top_layers,
+                      add_lora_feed_forward, prune_layers, train_all_layers, train_biases, train_top_layers,
                       weighted_sum)
 
 
@@ -69,8 +70,8 @@ KINDS = {kind.name: kind for kind in [
                timing_variants={"bf16": ("full",), "compile": ("full",)}),
     MethodKind("partial", train_top_layers, "the top n layers + head", "tab:green",
                number="layers trained", counts_layers=True, layer_sweep=True,
-               training_grid=tuple(f"partial({n})" for n in range(1, 6)),
-               training_bf16=("partial(3)",), timing_grid=("partial(3)",),
+               training_grid=(*(f"partial({n})" for n in range(1, 6)), "prune(4)+partial(3)"),
+               training_bf16=("partial(3)",), timing_grid=("partial(3)", "prune(9)+partial(3)"),
                timing_variants={"bf16": ("partial(3)",), "compile": ("partial(3)",)}),
     MethodKind("lora", add_lora, "low-rank adapters on attention + head", "tab:purple",
                number="rank", adapts_attention=True, training_grid=("lora(16)",),
@@ -89,8 +90,8 @@ KINDS = {kind.name: kind for kind in [
                timing_grid=("ia3",)),
     MethodKind("cached", train_top_layers, "the top n layers on stored prefix outputs",
                "tab:orange", number="layers trained", counts_layers=True,
-               trains_on_cache=True, training_grid=("cached(3)",),
-               training_bf16=("cached(3)",), timing_grid=("cached(3)",),
+               trains_on_cache=True, training_grid=("cached(3)", "prune(4)+cached(3)"),
+               training_bf16=("cached(3)",), timing_grid=("cached(3)", "prune(9)+cached(3)"),
                timing_variants={"bf16": ("cached(3)",), "compile": ("cached(3)",)}),
     MethodKind("weighted-sum", weighted_sum, "a learned mix of frozen layers + head",
                "tab:brown", training_grid=("weighted-sum",), timing_grid=("weighted-sum",)),
@@ -108,10 +109,11 @@ OPTIONS = {option.name: option for option in [
 ]}
 KIND_OPTIONS = {option: [kind.name for kind in KINDS.values() if option in kind.kind_options]
                 for option in OPTIONS if any(option in k.kind_options for k in KINDS.values())}
-PATTERN = re.compile(rf"^(?P<kind>{'|'.join(map(re.escape, KINDS))})(?:\((?P<number>\d+)\))?"
+PATTERN = re.compile(rf"^(?:prune\((?P<keep>\d+)\)(?:\+|$))?"
+                     rf"(?P<kind>{'|'.join(map(re.escape, KINDS))})?(?:\((?P<number>\d+)\))?"
                      rf"(?P<options>(?:\+(?:{'|'.join(OPTIONS)}))*)$")
 EXAMPLES = ("full, full+cnn, partial(3), lora(16), lora-ffn(16), dora(16), ia3, bitfit, "
-            "cached(3), weighted-sum, partial(3)+bf16")
+            "cached(3), weighted-sum, partial(3)+bf16, prune(9)+partial(3)")
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class Method:
 
     kind: str = "full"
     number: int | None = None    # layers trained (partial, cached) or LoRA rank
+    keep_layers: int | None = None  # prune(k): only the first k transformer layers are kept
     train_cnn: bool = False
     precision: str = "fp32"
     tf32: bool = False
@@ -133,6 +136,8 @@ class Method:
     @property
     def name(self) -> str:
         text = self.kind + (f"({self.number})" if self.number is not None else "")
+        if self.keep_layers is not None:
+            text = f"prune({self.keep_layers})+{text}"
         chosen = [option.name for option in OPTIONS.values()
                   if getattr(self, option.attribute) == option.value]
         return "+".join([text, *chosen])
@@ -151,7 +156,7 @@ class Method:
     def base(self) -> "Method":
         """The fp32 method this is a variant of (``partial(3)+bf16`` -> ``partial(3)``): a
         variant trains at the learning rate chosen for its base method."""
-        return Method(self.kind, self.number, self.train_cnn)
+        return Method(self.kind, self.number, self.keep_layers, self.train_cnn)
 
 
 def parse_method(text: str | Method) -> Method:
@@ -159,9 +164,13 @@ def parse_method(text: str | Method) -> Method:
     if isinstance(text, Method):
         return text
     match = PATTERN.match(text.strip())
-    if not match or bool(match["number"]) != bool(KINDS[match["kind"]].number):
+    if match and not match["kind"] and (match["number"] or not match["keep"]
+                                        or text.strip().endswith("+")):
+        match = None  # only prune(k) may stand without a kind (it means prune(k)+full)
+    kind_name = match and (match["kind"] or "full")
+    if not match or bool(match["number"]) != bool(KINDS[kind_name].number):
         raise ValueError(f"unknown method {text!r}; examples: {EXAMPLES}")
-    kind, options = KINDS[match["kind"]], match["options"].split("+")[1:]
+    kind, options = KINDS[kind_name], match["options"].split("+")[1:]
     attributes = [OPTIONS[o].attribute for o in options]
     if len(set(attributes)) < len(attributes):
         raise ValueError(f"method {text!r} repeats an option or names two precisions")
@@ -170,9 +179,12 @@ def parse_method(text: str | Method) -> Method:
                          f"possible with {', '.join(KIND_OPTIONS[name])}; {kind.name} does "
                          "not take it")
     number = int(match["number"]) if match["number"] else None
-    if number == 0:
-        raise ValueError(f"method {text!r}: the number ({kind.number}) must be at least 1")
-    return Method(kind.name, number, **{OPTIONS[o].attribute: OPTIONS[o].value for o in options})
+    keep = int(match["keep"]) if match["keep"] else None
+    if number == 0 or keep == 0:
+        what = kind.number if number == 0 else "layers kept"
+        raise ValueError(f"method {text!r}: the number ({what}) must be at least 1")
+    return Method(kind.name, number, keep,
+                  **{OPTIONS[o].attribute: OPTIONS[o].value for o in options})
 
 
 def base_method(name: str) -> str:
@@ -184,9 +196,14 @@ def check_fits(method: Method, config: PretrainedConfig) -> None:
     """Refuse a method that the backbone (``config``) cannot take: more layers than it has, or
     adapters on attention projections its family never calls as modules."""
     num_layers = config.num_hidden_layers
-    if method.spec.counts_layers and method.number > num_layers:
+    if method.keep_layers is not None and method.keep_layers > num_layers:
         raise ValueError(f"method {method.name}: the backbone has {num_layers} transformer "
-                         f"layers, so at most {method.kind}({num_layers})")
+                         f"layers, so at most prune({num_layers})")
+    kept = method.keep_layers or num_layers
+    if method.spec.counts_layers and method.number > kept:
+        has = "the pruned backbone keeps" if method.keep_layers else "the backbone has"
+        raise ValueError(f"method {method.name}: {has} {kept} transformer layers, so at "
+                         f"most {method.kind}({kept})")
     if method.spec.adapts_attention and not family_of(config.model_type).adapts_attention:
         raise ValueError(
             f"method {method.name} on a {config.model_type} backbone: its attention reads the "
@@ -231,13 +248,16 @@ class Prepared:
 
 
 def prepare(method: Method | str, backbone: str = RunConfig.backbone, seed: int = RunConfig.seed,
-            attention: str = RunConfig.attention) -> Prepared:
+            attention: str = RunConfig.attention, pooling: str = RunConfig.pooling) -> Prepared:
     """Build the regressor and let the method's surgery leave exactly what it trains
     trainable; a method that trains on a cache trains the split's suffix."""
     method = parse_method(method)
     torch.manual_seed(seed)
-    regressor = EmotionRegressor(load_backbone(backbone, seed=seed, attention=attention))
+    regressor = EmotionRegressor(load_backbone(backbone, seed=seed, attention=attention),
+                                 pooling=pooling)
     check_fits(method, regressor.backbone.config)
+    if method.keep_layers is not None:
+        prune_layers(regressor.backbone, method.keep_layers)
     model = method.spec.surgery(regressor, method)
     split = model if isinstance(model, SplitRegressor) else None
     return Prepared(split.suffix if method.spec.trains_on_cache else model, regressor, split)

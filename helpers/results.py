@@ -25,6 +25,7 @@ class Record:
     precision: str
     tf32: bool
     attention: str                    # the kernel that ran (WavLM: mha, its own)
+    pooling: str = "mean"             # how frames became one vector (records before: mean)
     seed: int
     trainable_params: int
     total_params: int
@@ -82,6 +83,7 @@ class TimingResult(Record):
     """One training step timed on random audio: speed, memory and arithmetic, no training."""
 
     mode: str = "timing"
+    phase: str = "train"              # train step, inference, or inference with merged adapters
     batch_size: int
     clip_seconds: float
     seconds_per_step: float
@@ -91,8 +93,10 @@ class TimingResult(Record):
     achieved_flops_per_second: float
     attainable_flops_per_second: float
     peak_share: float
-    first_losses: list[float]
+    first_losses: list[float] = field(default_factory=list)  # training steps only
     cache_seconds_per_batch: float | None = None
+    weights_mib: float | None = None  # the model as it runs (fp32 weights, pruned or merged)
+    trained_mib: float | None = None  # what the method changed: all to ship beside the backbone
 
 
 # column -> display name (unit): the one place tables and figures take their labels from
@@ -111,6 +115,7 @@ COLUMNS = {
     "gflops_per_step": "GFLOP/step", "flop_predicted_reduction": "FLOPs predict",
     "time_over_flop_ratio": "time / FLOP-predicted time",
     "achieved_tflops": "achieved TFLOP/s", "peak_share": "share of peak",
+    "weights_mib": "weights (MiB)", "trained_mib": "trained weights (MiB)", "phase": "phase",
 }
 SCALE = {"trainable_params": 1e-6, "cache_bytes": 2**-20}  # shown in M and MiB
 

@@ -121,7 +121,7 @@ def run(config: RunConfig, manifest: pd.DataFrame | None = None,
     fingerprint = fingerprint or run_fingerprint(
         config, data_fingerprint(manifest, config.verify_audio), world_size=ctx.world_size)
     config = config.with_(device=device)  # this rank's GPU under a launcher
-    prepared = prepare(method, config.backbone, config.seed, config.attention)
+    prepared = prepare(method, config.backbone, config.seed, config.attention, config.pooling)
     set_tf32(tf32_in_effect(method, config.device))
     reset_peak_memory(config.device)
     if method.spec.trains_on_cache:
@@ -182,6 +182,7 @@ def describe(method: Method, prepared: Prepared, config: RunConfig | object,
             "family": prepared.regressor.backbone.config.model_type,
             "attention": attention_kernel(prepared.regressor.backbone.config.model_type,
                                           config.attention),
+            "pooling": config.pooling,
             "seed": config.seed,
             "trainable_params": count_parameters(prepared.model, trainable_only=True),
             "total_params": count_parameters(prepared.regressor),

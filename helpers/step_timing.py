@@ -1,8 +1,11 @@
-"""Timing one training step: speed, memory and FLOPs per step on a batch of random audio.
+"""Timing one training step, or the finetuned model's inference: speed, memory and FLOPs per
+step on a batch of random audio.
 
 ``time_method`` takes a ``TimingConfig`` (or a method name and settings as keywords) and
 returns a ``TimingResult``; no convergence, just what a step costs and the share of this
-device's attainable FLOP/s it reaches.
+device's attainable FLOP/s it reaches. With ``phase="inference"`` (or ``"merged"``) it times
+what deployment pays instead: the forward pass of the finetuned model, and the size of what
+must be shipped.
 """
 
 from __future__ import annotations
@@ -10,19 +13,20 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from .config import RunConfig, TimingConfig
 from .constants import SAMPLE_RATE
 from .device import resolve_device, resolve_precision
 from .fingerprints import timing_fingerprint
-from .methods import Prepared, parse_method, prepare
+from .methods import Method, Prepared, parse_method, prepare
 from .results import TimingResult
 from .run import describe
 from .speedups import compile_trainable, set_tf32, tf32_in_effect
 from .timing import (attainable_flops, count_flops, median, peak_memory, peak_share,
                      reset_peak_memory, synchronize, time_steps)
-from .train import make_optimizer, make_scaler, train_step
+from .train import autocast, make_optimizer, make_scaler, train_step
 
 
 def time_method(config: TimingConfig | str, backbone: str | None = None,
@@ -42,11 +46,13 @@ def time_method(config: TimingConfig | str, backbone: str | None = None,
     method = parse_method(config.method)
     config = config.with_(method=method.name, device=resolve_device(config.device))
     device = config.device
-    prepared = prepare(method, config.backbone, config.seed, config.attention)
+    prepared = prepare(method, config.backbone, config.seed, config.attention, config.pooling)
     set_tf32(tf32_in_effect(method, device))
     precision = resolve_precision(method.precision, device)
     torch.manual_seed(config.seed)
-    batch, extra = random_batch(config.batch_size, config.clip_seconds), {}
+    batch, extra = random_batch(config.batch_size, config.clip_seconds), shipped(prepared)
+    if config.phase != "train":
+        return time_inference(method, prepared, config, batch, precision, extra)
     if method.spec.trains_on_cache:
         batch, extra["cache_seconds_per_batch"] = cached_batch(prepared, batch, device,
                                                                config.num_steps)
@@ -63,7 +69,7 @@ def time_method(config: TimingConfig | str, backbone: str | None = None,
     matmul_precision = "tf32" if tf32_in_effect(method, device) else precision
     attainable = attainable_flops(device, matmul_precision)
     return TimingResult(
-        **describe(method, prepared, config, timing_fingerprint(config)),
+        **describe(method, prepared, config, timing_fingerprint(config)), phase=config.phase,
         batch_size=config.batch_size, clip_seconds=config.clip_seconds,
         seconds_per_step=seconds, step_times=[round(t, 4) for t in times],
         audio_seconds_per_second=config.batch_size * config.clip_seconds / seconds,
@@ -71,6 +77,51 @@ def time_method(config: TimingConfig | str, backbone: str | None = None,
         attainable_flops_per_second=attainable, peak_share=peak_share(flops, seconds, attainable),
         first_losses=[float(loss) for loss in losses[: config.warmup + config.num_steps]],
         **extra, **memory)
+
+
+def time_inference(method: Method, prepared: Prepared, config: TimingConfig, batch: dict,
+                   precision: str, extra: dict) -> TimingResult:
+    """The finetuned model's forward pass on ``batch``, as deployed: eval mode, no gradients,
+    the whole model on audio (a cached method's prefix runs live: there is no cache of new
+    audio), adapters merged into the weights first with ``phase="merged"``."""
+    device = torch.device(config.device)
+    model = prepared.split or prepared.model
+    if config.phase == "merged" and isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model = model.to(device).eval()
+    extra["weights_mib"] = state_mib(model)
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+
+    def forward() -> None:
+        with torch.no_grad(), autocast(device, precision):  # (inference_mode breaks weight norm)
+            model(**inputs)
+    flops = count_flops(forward)
+    reset_peak_memory(device)
+    seconds = median(time_steps(forward, config.num_steps, config.warmup, device))
+    attainable = attainable_flops(device, "tf32" if tf32_in_effect(method, device) else precision)
+    return TimingResult(
+        **describe(method, prepared, config, timing_fingerprint(config)), phase=config.phase,
+        batch_size=config.batch_size, clip_seconds=config.clip_seconds,
+        seconds_per_step=seconds, step_times=[], flops_per_step=flops,
+        audio_seconds_per_second=config.batch_size * config.clip_seconds / seconds,
+        achieved_flops_per_second=flops / seconds, attainable_flops_per_second=attainable,
+        peak_share=peak_share(flops, seconds, attainable), **extra, **peak_memory(device))
+
+
+def state_mib(model: nn.Module) -> float:
+    """Size of a model's weights and buffers (what its safetensors file holds, less a header);
+    a tensor reached by two names (a split model's prefix and suffix share one) counts once."""
+    tensors = {t.data_ptr(): t for t in model.state_dict().values()}
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+
+
+def shipped(prepared: Prepared) -> dict[str, float]:
+    """What a finetuned model weighs: as it runs (``weights_mib``), and the part the method
+    trained (``trained_mib``), all that must be shipped beside the public backbone."""
+    trained = sum(p.numel() * p.element_size() for p in prepared.model.parameters()
+                  if p.requires_grad)
+    return {"weights_mib": state_mib(prepared.split or prepared.model),
+            "trained_mib": trained / 2**20}
 
 
 def training_step(model: nn.Module, batch: dict, precision: str, device: str, lr: float,

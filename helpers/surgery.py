@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from .backbone import encoder_input, position_bias, run_layers
 from .dataset import wants_attention_mask
-from .model import EmotionRegressor, WeightedSumRegressor, frame_mask
+from .model import HEAD_MODULES, EmotionRegressor, WeightedSumRegressor, frame_mask
 
 
 class Method(Protocol):
@@ -71,8 +71,7 @@ def train_biases(model: EmotionRegressor, method: Method) -> EmotionRegressor:
     freeze_feature_encoder(model).backbone.requires_grad_(False)
     for name, parameter in model.backbone.encoder.named_parameters():
         parameter.requires_grad_(name.endswith(".bias"))
-    model.head.requires_grad_(True)
-    return model
+    return train_head(model)
 
 
 def weighted_sum(model: EmotionRegressor, method: Method) -> WeightedSumRegressor:
@@ -80,7 +79,27 @@ def weighted_sum(model: EmotionRegressor, method: Method) -> WeightedSumRegresso
     return WeightedSumRegressor(model)
 
 
+def prune_layers(backbone: PreTrainedModel, keep: int) -> PreTrainedModel:
+    """prune(k): keep only the first ``keep`` transformer layers (the top ones are dropped
+    before finetuning, as audEERING's wav2vec2-large-robust-12 emotion model did with 24 -> 12).
+    The config says so too, so a pruned backbone saves and reloads as a smaller one; the final
+    layer norm of pre-LN models stays on top of what is kept."""
+    layers = backbone.encoder.layers
+    if not 1 <= keep <= len(layers):
+        raise ValueError(f"prune({keep}): keep between 1 and {len(layers)} layers")
+    backbone.encoder.layers = layers[:keep]
+    backbone.config.num_hidden_layers = keep
+    return backbone
+
+
 # ------------------------------------------------------------------------- the building blocks
+
+
+def train_head(model: EmotionRegressor) -> EmotionRegressor:
+    """The pooling and the head train in every method."""
+    for name in HEAD_MODULES:
+        getattr(model, name).requires_grad_(True)
+    return model
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -116,8 +135,7 @@ def train_last_layers(model: EmotionRegressor, n: int) -> EmotionRegressor:
     if n > 0 and model.backbone.config.do_stable_layer_norm:
         model.backbone.encoder.layer_norm.requires_grad_(True)
     model.backbone.config.layerdrop = 0.0
-    model.head.requires_grad_(True)
-    return model
+    return train_head(model)
 
 
 # ------------------------------------------------------------------ frozen prefix + suffix
@@ -163,7 +181,7 @@ class TrainableSuffix(nn.Module):
         self.config = model.backbone.config
         self.final_norm = model.backbone.encoder.layer_norm if self.config.do_stable_layer_norm \
             else None
-        self.head = model.head
+        self.head, self.pooling = model.head, model.pooling
         self.pool_and_predict = model.pool_and_predict
         self.position_bias = position_bias(model.backbone)  # WavLM's, from layer 0's embedding
 
@@ -228,8 +246,8 @@ def apply_lora(model: EmotionRegressor, r: int = 16, alpha: int = 32, dropout: f
     modules = (ATTENTION if on_attention else ()) + (FEED_FORWARD if feed_forward else ())
     if not modules:
         raise ValueError("apply_lora: choose on_attention=True, feed_forward=True or both")
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, modules_to_save=["head"],
-                        use_dora=dora, target_modules=lora_targets(
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_dora=dora,
+                        modules_to_save=HEAD_MODULES, target_modules=lora_targets(
                             len(model.backbone.encoder.layers), modules, layers))
     return wrap_with_peft(model, config)
 
@@ -240,7 +258,7 @@ def apply_ia3(model: EmotionRegressor):
     num_layers = len(model.backbone.encoder.layers)
     config = IA3Config(target_modules=lora_targets(num_layers, targets),
                        feedforward_modules=lora_targets(num_layers, ("output_dense",)),
-                       modules_to_save=["head"])
+                       modules_to_save=HEAD_MODULES)
     return wrap_with_peft(model, config)
 
 

@@ -4,7 +4,7 @@ plus a surgery function."""
 import pytest
 import torch
 
-from helpers.backbone import count_parameters
+from helpers.backbone import count_parameters, load_backbone
 from helpers.methods import KINDS, parse_method, prepare, timing_grid, training_grid
 
 
@@ -97,3 +97,100 @@ def test_attention_adapters_are_refused_on_wavlm(name):
     with pytest.raises(ValueError, match=r"on a wavlm backbone: .*choose lora-ffn\(r\)"):
         check_fits(parse_method(name), config)
     check_fits(parse_method("lora-ffn(16)"), config)  # the feed-forward layers are modules
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "wavlm"])
+@pytest.mark.parametrize("variant", ["base", "large"])
+def test_a_pruned_backbone_gives_the_first_k_layers_hidden_states(family, variant):
+    from conftest import small_config
+    from helpers.backbone import build_backbone
+    from helpers.surgery import prune_layers
+
+    torch.manual_seed(0)
+    whole = build_backbone(small_config(variant, layers=4, family=family)).eval()
+    audio = torch.randn(2, 8000)
+    with torch.no_grad():
+        states = whole(audio, output_hidden_states=True).hidden_states
+        pruned = prune_layers(whole, 2)(audio).last_hidden_state
+    expected = whole.encoder.layer_norm(states[2]) if variant == "large" else states[2]
+    assert whole.config.num_hidden_layers == 2 and len(whole.encoder.layers) == 2
+    torch.testing.assert_close(pruned, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pruned_model_saves_and_reloads_as_a_smaller_backbone(tmp_path):
+    from helpers.backbone import load_backbone
+
+    prepared = prepare("prune(4)+partial(2)", "random:tiny")
+    backbone = prepared.regressor.backbone.eval()
+    backbone.save_pretrained(tmp_path)
+    reloaded = load_backbone(str(tmp_path)).eval()
+    assert reloaded.config.num_hidden_layers == 4 and len(reloaded.encoder.layers) == 4
+    audio = torch.randn(1, 8000)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(audio).last_hidden_state,
+                                   backbone(audio).last_hidden_state)
+
+
+def test_a_pruned_cached_step_equals_the_pruned_partial_step():
+    """prune(k)+cached(n) trains on the fp16 states of the pruned prefix: the same step as
+    prune(k)+partial(n) on audio, up to the fp16 storage."""
+    from helpers.metrics import ccc_loss
+
+    torch.manual_seed(5)
+    audio, labels = torch.randn(3, 8000), torch.rand(3, 3)
+    losses, grads = {}, {}
+    for name in ("prune(4)+partial(2)", "prune(4)+cached(2)"):
+        prepared = prepare(name, "random:tiny")
+        split = prepared.split.train()
+        hidden = split.prefix(audio)
+        if name.endswith("cached(2)"):
+            hidden = hidden.to(torch.float16).float()  # as the cache stores it
+        torch.manual_seed(0)  # the same dropout masks
+        frames = torch.full((3,), hidden.shape[1])
+        loss = ccc_loss(split.suffix(hidden, frames), labels)
+        loss.backward()
+        losses[name] = loss.item()
+        grads[name] = {n: p.grad for n, p in split.suffix.named_parameters() if p.grad is not None}
+    assert len(prepare("prune(4)+cached(2)", "random:tiny").regressor.backbone.encoder.layers) == 4
+    assert losses["prune(4)+cached(2)"] == pytest.approx(losses["prune(4)+partial(2)"], abs=1e-3)
+    live, cached = grads["prune(4)+partial(2)"], grads["prune(4)+cached(2)"]
+    assert set(live) == set(cached) and live
+    for name, expected in live.items():
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(cached[name], expected, rtol=1e-2, atol=2e-2 * scale + 1e-10)
+
+
+@pytest.mark.parametrize("name, says", [
+    ("prune(4)+partial(6)", r"the pruned backbone keeps 4 transformer layers, so at most "
+                            r"partial\(4\)"),
+    ("prune(7)+full", r"the backbone has 6 transformer layers, so at most prune\(6\)")])
+def test_a_pruning_that_does_not_fit_is_refused_by_name(name, says):
+    with pytest.raises(ValueError, match=says):
+        prepare(name, "random:tiny")
+
+
+@pytest.mark.parametrize("name", ["full", "partial(2)", "cached(2)", "lora(4)", "dora(4)", "ia3",
+                                  "bitfit", "weighted-sum", "prune(4)+partial(2)"])
+def test_attentive_pooling_trains_with_the_head_in_every_method(name):
+    plain = prepare(name, "random:tiny")
+    attentive = prepare(name, "random:tiny", pooling="attentive")
+    pooling = {n for n in trainable_names(attentive.model) if "pooling" in n}
+    assert len(pooling) == 4 and not any("pooling" in n for n in trainable_names(plain.model))
+    width = load_backbone("random:tiny").config.hidden_size
+    score = width * 128 + 128 + 128 + 1  # width -> 128 -> 1 frame scores
+    head_growth = width * 256  # mean and std: twice the width into the head's 256 units
+    assert (count_parameters(attentive.model, trainable_only=True)
+            - count_parameters(plain.model, trainable_only=True) == score + head_growth)
+
+
+def test_attentive_pooling_ignores_padded_frames():
+    from helpers.model import AttentiveStatisticsPooling
+
+    torch.manual_seed(0)
+    pooling = AttentiveStatisticsPooling(8)
+    hidden = torch.randn(1, 5, 8)
+    padded = torch.cat([hidden, 100 * torch.randn(1, 3, 8)], 1)
+    frames = torch.tensor([[True] * 5 + [False] * 3])
+    alone = pooling(hidden, torch.ones(1, 5, dtype=torch.bool))
+    torch.testing.assert_close(pooling(padded, frames), alone)
+    assert alone.shape == (1, 16)

@@ -151,8 +151,12 @@ def test_gpu_check_summary_reports_savings_and_peak_share():
              "method": method, "seconds_per_step": seconds, "audio_seconds_per_second": 1.0,
              "achieved_flops_per_second": 1e14, "peak_share": 0.2, "peak_allocated_mib": 1.0}
             for method, seconds in [("full", 0.2), ("full+bf16", 0.1), ("cached(3)+bf16", 0.01)]]
+    rows.append({**rows[0], "method": "lora(16)+bf16", "phase": "merged", "attention": "sdpa",
+                 "weights_mib": 360.0})
     text = summary_markdown("NVIDIA H100", rows, {"timing": "ok (1 s)"})
-    assert "random:wav2vec2-base, 32 x 6 s" in text and "| cached(3)+bf16 |" in text
+    assert "random:wav2vec2-base, 32 x 6 s, training step" in text
+    assert "| cached(3)+bf16 |" in text
+    assert "32 x 6 s, merged forward pass" in text and "|             360 |" in text
     assert "0.95" in text and "0.9 " in text  # 95% less than full, 90% less than full+bf16
     assert device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
 

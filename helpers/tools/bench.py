@@ -185,7 +185,8 @@ def bench(settings: RunConfig, timing: TimingConfig, grid: BenchGrid) -> None:
         print(f"bf16 is emulated on this {settings.device} (no native bf16): skipping +bf16 "
               "methods")
         methods = [m for m in methods if not parse_method(m).needs_native_bf16]
-    stem = f"timing-{backbone.replace(':', '-').replace('/', '-')}" if grid.timing_only \
+    phase = "" if timing.phase == "train" else f"-{timing.phase}"
+    stem = f"timing-{backbone.replace(':', '-').replace('/', '-')}{phase}" if grid.timing_only \
         else "bench"
     runner = GridRunner(out_dir / f"{stem}.jsonl", grid.jobs, settings.resume)
     records = runner.finish(timing_bench(timing, grid, methods, runner) if grid.timing_only

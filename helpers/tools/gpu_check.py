@@ -50,6 +50,12 @@ TIMING = [  # (backbone, batch sizes, methods), in order of importance (a run cu
     ("random:wav2vec2-base", (32,), ["full+bf16+compile", "partial(3)+bf16+compile",
                                      "cached(3)+bf16+compile"]),
 ]
+INFERENCE = [  # (backbone, batch size, phase, methods): the finetuned model's forward pass
+    ("random:wav2vec2-base", 32, "inference", ["full+bf16", "lora(16)+bf16", "dora(16)+bf16",
+                                               "weighted-sum+bf16", "prune(9)+partial(3)+bf16"]),
+    ("random:wav2vec2-base", 32, "merged", ["lora(16)+bf16", "dora(16)+bf16"]),
+    ("random:wavlm-base-plus", 32, "inference", ["full+bf16"]),
+]
 CLIP_SECONDS = 6.0
 BUNDLED_METHODS = ["full+bf16", "partial(3)+bf16", "cached(3)+bf16"]
 
@@ -116,6 +122,13 @@ def timing_step(record) -> list[dict]:
                     clip_seconds=CLIP_SECONDS, num_steps=10, warmup=3))
                 rows.append(record({"step": "timing", **result.to_dict()}))
                 torch.cuda.empty_cache()
+    for backbone, batch_size, phase, methods in INFERENCE:
+        for method in methods:
+            result = time_method(TimingConfig(
+                method=method, backbone=backbone, device="cuda", batch_size=batch_size,
+                clip_seconds=CLIP_SECONDS, num_steps=10, warmup=3, phase=phase))
+            rows.append(record({"step": "timing", **result.to_dict()}))
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -206,12 +219,15 @@ def summary_markdown(device: str, rows: list[dict], outcomes: dict[str, str]) ->
     then the bundled-corpus runs and the steps' outcomes."""
     lines = [f"# gpu-check on {device} (torch {torch.__version__})", ""]
     timing = pd.DataFrame([r for r in rows if r.get("step") == "timing"])
-    for (backbone, batch), group in (timing.groupby(["backbone", "batch_size"], sort=False)
-                                     if len(timing) else []):
+    if len(timing):
+        timing["phase"] = timing["phase"].fillna("train") if "phase" in timing else "train"
+    for (backbone, batch, phase), group in (
+            timing.groupby(["backbone", "batch_size", "phase"], sort=False)
+            if len(timing) else []):
         table = group.set_index("method")
         seconds = table["seconds_per_step"]
         shown = pd.DataFrame({
-            "attention": table["attention"],
+            "attention": table.get("attention", pd.Series(dtype=str)),
             "ms/step": (seconds * 1e3).round(1),
             "audio s/s": table["audio_seconds_per_second"].round(0),
             "less time than full": (1 - seconds / seconds.get("full", float("nan"))).round(3),
@@ -219,8 +235,11 @@ def summary_markdown(device: str, rows: list[dict], outcomes: dict[str, str]) ->
                                                                    float("nan"))).round(3),
             "TFLOP/s": (table["achieved_flops_per_second"] / 1e12).round(1),
             "share of peak": table["peak_share"].round(3),
-            "peak allocated (MiB)": table["peak_allocated_mib"].round(0)})
-        lines += [f"## {backbone}, {batch} x {CLIP_SECONDS:g} s", "", shown.to_markdown(), ""]
+            "peak allocated (MiB)": table["peak_allocated_mib"].round(0),
+            "weights (MiB)": table.get("weights_mib", pd.Series(dtype=float)).round(0)})
+        title = "training step" if phase == "train" else f"{phase} forward pass"
+        lines += [f"## {backbone}, {batch} x {CLIP_SECONDS:g} s, {title}", "",
+                  shown.to_markdown(), ""]
     bundled = [r for r in rows if r.get("step") in ("bundled", "torchrun")]
     if bundled:
         table = pd.DataFrame([{"step": r["step"], "method": r["method"],
