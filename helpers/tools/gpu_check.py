@@ -112,23 +112,30 @@ class Utilisation:
         return sum(self.samples) / len(self.samples) if self.samples else None
 
 
+def timing_configs() -> list[TimingConfig]:
+    """Every timing gpu-check takes, in order: the training steps, then the inference."""
+    common = dict(device="cuda", clip_seconds=CLIP_SECONDS, num_steps=10, warmup=3)
+    configs = [TimingConfig(method=method, backbone=backbone, batch_size=batch_size, **common)
+               for backbone, batch_sizes, methods in TIMING for batch_size in batch_sizes
+               for method in methods]
+    return configs + [TimingConfig(method=method, backbone=backbone, batch_size=batch_size,
+                                   phase=phase, **common)
+                      for backbone, batch_size, phase, methods in INFERENCE
+                      for method in methods]
+
+
 def timing_step(record) -> list[dict]:
+    """Time each configuration; one that fails is recorded with its error and the rest go on."""
     rows = []
-    for backbone, batch_sizes, methods in TIMING:
-        for batch_size in batch_sizes:
-            for method in methods:
-                result = time_method(TimingConfig(
-                    method=method, backbone=backbone, device="cuda", batch_size=batch_size,
-                    clip_seconds=CLIP_SECONDS, num_steps=10, warmup=3))
-                rows.append(record({"step": "timing", **result.to_dict()}))
-                torch.cuda.empty_cache()
-    for backbone, batch_size, phase, methods in INFERENCE:
-        for method in methods:
-            result = time_method(TimingConfig(
-                method=method, backbone=backbone, device="cuda", batch_size=batch_size,
-                clip_seconds=CLIP_SECONDS, num_steps=10, warmup=3, phase=phase))
-            rows.append(record({"step": "timing", **result.to_dict()}))
-            torch.cuda.empty_cache()
+    for config in timing_configs():
+        try:
+            rows.append(record({"step": "timing", **time_method(config).to_dict()}))
+        except Exception as error:  # e.g. out of memory: say which, keep the others
+            print(f"gpu-check: timing {config.method} on {config.backbone} failed: "
+                  f"{type(error).__name__}: {error}", flush=True)
+            record({"step": "timing-failed", "method": config.method,
+                    "backbone": config.backbone, "error": f"{type(error).__name__}: {error}"})
+        torch.cuda.empty_cache()
     return rows
 
 
