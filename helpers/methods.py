@@ -28,7 +28,7 @@ from transformers import PretrainedConfig
 from .backbone import family_of, load_backbone
 from .config import RunConfig
 from .model import EmotionRegressor
-from .surgery import (SplitRegressor, add_dora, add_ia3, add_lora, add_lora_everywhere,
+from .surgery import (SplitRegressor, add_adapters, add_dora, add_ia3, add_lora, add_lora_everywhere,
                       add_lora_feed_forward, prune_layers, train_all_layers, train_biases, train_top_layers,
                       weighted_sum)
 
@@ -93,6 +93,9 @@ KINDS = {kind.name: kind for kind in [
                trains_on_cache=True, training_grid=("cached(3)", "prune(4)+cached(3)"),
                training_bf16=("cached(3)",), timing_grid=("cached(3)", "prune(9)+cached(3)"),
                timing_variants={"bf16": ("cached(3)",), "compile": ("cached(3)",)}),
+    MethodKind("adapter", add_adapters, "bottleneck adapters after each feed-forward + head",
+               "tab:gray", number="bottleneck width", training_grid=("adapter(32)",),
+               timing_grid=("adapter(64)",)),
     MethodKind("weighted-sum", weighted_sum, "a learned mix of frozen layers + head",
                "tab:brown", training_grid=("weighted-sum",), timing_grid=("weighted-sum",)),
     MethodKind("bitfit", train_biases, "the transformer's biases + head", "tab:olive",
@@ -113,6 +116,7 @@ PATTERN = re.compile(rf"^(?:prune\((?P<keep>\d+)\)(?:\+|$))?"
                      rf"(?P<kind>{'|'.join(map(re.escape, KINDS))})?(?:\((?P<number>\d+)\))?"
                      rf"(?P<options>(?:\+(?:{'|'.join(OPTIONS)}))*)$")
 EXAMPLES = ("full, full+cnn, partial(3), lora(16), lora-ffn(16), dora(16), ia3, bitfit, "
+            "adapter(32), "
             "cached(3), weighted-sum, partial(3)+bf16, prune(9)+partial(3)")
 
 
@@ -121,7 +125,7 @@ class Method:
     """A parsed finetuning method: what trains, how, and in which precision."""
 
     kind: str = "full"
-    number: int | None = None    # layers trained (partial, cached) or LoRA rank
+    number: int | None = None    # layers trained (partial, cached), rank, or adapter width
     keep_layers: int | None = None  # prune(k): only the first k transformer layers are kept
     train_cnn: bool = False
     precision: str = "fp32"
@@ -209,6 +213,18 @@ def check_fits(method: Method, config: PretrainedConfig) -> None:
             f"method {method.name} on a {config.model_type} backbone: its attention reads the "
             "projection weights directly (torch's multi-head attention function), so adapters "
             "there would never run; choose lora-ffn(r), bitfit, partial(n) or full")
+
+
+def fitting(methods: list[str], config: PretrainedConfig) -> list[str]:
+    """The methods a backbone (``config``) can take, saying which are left out and why."""
+    kept = []
+    for name in methods:
+        try:
+            check_fits(parse_method(name), config)
+            kept.append(name)
+        except ValueError as refusal:
+            print(f"left out: {refusal}")
+    return kept
 
 
 def layers_trained(method: Method, num_layers: int) -> int | None:

@@ -163,7 +163,10 @@ def results_explorer(summary: pd.DataFrame, time_column: str = "seconds_per_epoc
 
 # ------------------------------------------------------------------ choosing layers to train
 BACKBONE_CHOICES = {"bundled tiny": "tiny", "wav2vec2-base": "random:wav2vec2-base",
-                    "wav2vec2-large": "random:wav2vec2-large"}
+                    "wav2vec2-large": "random:wav2vec2-large", "hubert-base": "random:hubert-base",
+                    "hubert-large": "random:hubert-large",
+                    "wavlm-base-plus": "random:wavlm-base-plus",
+                    "wavlm-large": "random:wavlm-large"}
 
 
 def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None = None,

@@ -7,14 +7,16 @@ which function each method uses).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import torch
 from peft import IA3Config, LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
-from .backbone import encoder_input, position_bias, run_layers
+from .backbone import encoder_input, family_of, position_bias, run_layers
 from .dataset import wants_attention_mask
 from .model import HEAD_MODULES, EmotionRegressor, WeightedSumRegressor, frame_mask
 
@@ -71,6 +73,17 @@ def train_biases(model: EmotionRegressor, method: Method) -> EmotionRegressor:
     freeze_feature_encoder(model).backbone.requires_grad_(False)
     for name, parameter in model.backbone.encoder.named_parameters():
         parameter.requires_grad_(name.endswith(".bias"))
+    return train_head(model)
+
+
+def add_adapters(model: EmotionRegressor, method: Method) -> EmotionRegressor:
+    """adapter(d): a bottleneck adapter of width d after every layer's feed-forward (Houlsby et
+    al. 2019); the backbone is frozen, the adapters and the head train."""
+    freeze_feature_encoder(model).backbone.requires_grad_(False)
+    for layer in model.backbone.encoder.layers:
+        layer.feed_forward = AdaptedFeedForward(layer.feed_forward,
+                                                model.backbone.config.hidden_size, method.number)
+    model.backbone.config.layerdrop = 0.0
     return train_head(model)
 
 
@@ -220,6 +233,57 @@ def split_at_layer(model: EmotionRegressor, k: int) -> SplitRegressor:
     return SplitRegressor(model, k)
 
 
+# ------------------------------------------------------------------------ bottleneck adapters
+class Bottleneck(nn.Module):
+    """Down to ``d`` features, GELU, back up, added to the input. The up-projection starts at
+    zero, so a fresh adapter is the identity and the backbone's output is unchanged until it
+    trains."""
+
+    def __init__(self, width: int, d: int):
+        super().__init__()
+        self.down, self.up = nn.Linear(width, d), nn.Linear(d, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.up(nn.functional.gelu(self.down(hidden)))
+
+
+class AdaptedFeedForward(nn.Module):
+    """A layer's feed-forward block followed by a bottleneck adapter (before the residual add,
+    where Houlsby et al. put theirs). The series' own module, the same in every family:
+    transformers ships adapters only inside the attention of pre-LN Wav2Vec2 layers."""
+
+    def __init__(self, feed_forward: nn.Module, width: int, d: int):
+        super().__init__()
+        self.feed_forward, self.adapter = feed_forward, Bottleneck(width, d)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.feed_forward(hidden))
+
+
+def save_trained(model: nn.Module, path: str | Path) -> Path:
+    """The parameters a method trained (adapters, biases, top layers, head), as safetensors:
+    what must be shipped beside the public backbone."""
+    trained = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
+               if p.requires_grad}
+    save_file(trained, str(path))
+    return Path(path)
+
+
+def load_trained(model: nn.Module, path: str | Path) -> nn.Module:
+    """Put saved trained parameters back into a model prepared by the same method (and
+    backbone); a name missing on either side is an error, not a warning."""
+    saved = load_file(str(path))
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != expected:
+        missing, unexpected = sorted(expected - set(saved)), sorted(set(saved) - expected)
+        raise ValueError(f"{path}: saved for another method or backbone (missing: "
+                         f"{missing[:3]}, unexpected: {unexpected[:3]})")
+    model.load_state_dict(saved, strict=False)
+    return model
+
+
 # ------------------------------------------------------------------------------- LoRA
 ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 FEED_FORWARD = ("intermediate_dense", "output_dense")
@@ -246,6 +310,8 @@ def apply_lora(model: EmotionRegressor, r: int = 16, alpha: int = 32, dropout: f
     modules = (ATTENTION if on_attention else ()) + (FEED_FORWARD if feed_forward else ())
     if not modules:
         raise ValueError("apply_lora: choose on_attention=True, feed_forward=True or both")
+    if on_attention:
+        check_attention_adaptable(model)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_dora=dora,
                         modules_to_save=HEAD_MODULES, target_modules=lora_targets(
                             len(model.backbone.encoder.layers), modules, layers))
@@ -254,12 +320,24 @@ def apply_lora(model: EmotionRegressor, r: int = 16, alpha: int = 32, dropout: f
 
 def apply_ia3(model: EmotionRegressor):
     """Wrap ``model`` with peft IA3 vectors on the keys, values and the feed-forward output."""
+    check_attention_adaptable(model)
     targets = ("k_proj", "v_proj", "output_dense")
     num_layers = len(model.backbone.encoder.layers)
     config = IA3Config(target_modules=lora_targets(num_layers, targets),
                        feedforward_modules=lora_targets(num_layers, ("output_dense",)),
                        modules_to_save=HEAD_MODULES)
     return wrap_with_peft(model, config)
+
+
+def check_attention_adaptable(model: EmotionRegressor) -> None:
+    """Refuse adapters on attention projections that the backbone's family never calls as
+    modules (WavLM hands their weights to torch's multi-head attention function)."""
+    model_type = model.backbone.config.model_type
+    if not family_of(model_type).adapts_attention:
+        raise ValueError(f"adapters on a {model_type} backbone's attention would never run: its "
+                         "attention reads the projection weights directly; put them on the "
+                         "feed-forward layers (lora-ffn, or apply_lora(..., on_attention=False, "
+                         "feed_forward=True))")
 
 
 def wrap_with_peft(model: EmotionRegressor, config) -> nn.Module:

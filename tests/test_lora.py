@@ -76,3 +76,18 @@ def test_save_reload_merge_round_trip(tmp_path, variant):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**data), expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(merged(**data), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_adapters_on_wavlm_are_refused_where_they_are_made():
+    """A notebook that calls apply_lora directly meets the same refusal as a method name."""
+    from helpers.backbone import build_backbone
+    from helpers.surgery import apply_ia3
+
+    def wavlm():
+        return EmotionRegressor(build_backbone(small_config(family="wavlm")), head_dim=8)
+    with pytest.raises(ValueError, match="wavlm backbone's attention would never run"):
+        apply_lora(wavlm(), r=4)
+    with pytest.raises(ValueError, match="would never run"):
+        apply_ia3(wavlm())
+    adapted = apply_lora(wavlm(), r=4, on_attention=False, feed_forward=True)
+    assert any("intermediate_dense.lora_A" in n for n, _ in adapted.named_parameters())

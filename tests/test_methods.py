@@ -194,3 +194,35 @@ def test_attentive_pooling_ignores_padded_frames():
     alone = pooling(hidden, torch.ones(1, 5, dtype=torch.bool))
     torch.testing.assert_close(pooling(padded, frames), alone)
     assert alone.shape == (1, 16)
+
+
+def test_fresh_adapters_leave_the_backbone_output_unchanged_and_train_alone():
+    plain, adapted = prepare("full", "random:tiny"), prepare("adapter(8)", "random:tiny")
+    audio = torch.randn(2, 8000)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted.model.eval()(audio), plain.model.eval()(audio))
+    trainable = trainable_names(adapted.model)
+    layers = adapted.regressor.backbone.config.num_hidden_layers
+    adapters = {n for n in trainable if ".adapter." in n}
+    assert len(adapters) == layers * 4  # down and up, weight and bias, in every layer
+    assert all(n.startswith("head.") for n in trainable - adapters)
+    width = adapted.regressor.backbone.config.hidden_size
+    head = sum(p.numel() for n, p in adapted.model.named_parameters() if n.startswith("head."))
+    assert count_parameters(adapted.model, True) - head == layers * (2 * width * 8 + 8 + width)
+
+
+def test_trained_parameters_save_and_reload_into_a_model_of_the_same_method(tmp_path):
+    from helpers.surgery import load_trained, save_trained
+
+    trained = prepare("adapter(8)", "random:tiny").model
+    with torch.no_grad():  # stand-in for training: move every trained parameter
+        for parameter in trained.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    path = save_trained(trained, tmp_path / "adapters.safetensors")
+    reloaded = load_trained(prepare("adapter(8)", "random:tiny").model, path)
+    audio = torch.randn(1, 8000)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(audio), trained.eval()(audio))
+    with pytest.raises(ValueError, match="saved for another method or backbone"):
+        load_trained(prepare("bitfit", "random:tiny").model, path)

@@ -23,7 +23,7 @@ from ..device import bf16_is_fast, cpu_count, resolve_device
 from ..files import append_record, read_records, write_records, write_text
 from ..fingerprints import run_fingerprint, timing_fingerprint
 from ..manifests import data_fingerprint
-from ..methods import check_fits, parse_method, timing_grid, training_grid
+from ..methods import check_fits, fitting, parse_method, timing_grid, training_grid
 from ..plots import tradeoff_figure
 from ..tables import chosen_learning_rates, lr_search_table, methods_to_search, summary_table
 from .loader_bench import loader_bench
@@ -123,17 +123,6 @@ def check_methods(methods: list[str], backbone: str) -> None:
         check_fits(parse_method(name), config)
 
 
-def fitting(methods: list[str], backbone: str) -> list[str]:
-    """The default grid's methods that ``backbone`` can take, saying which are left out."""
-    config, kept = backbone_config(backbone), []
-    for name in methods:
-        try:
-            check_fits(parse_method(name), config)
-            kept.append(name)
-        except ValueError as refusal:
-            print(f"left out: {refusal}")
-    return kept
-
 
 def training_bench(settings: RunConfig, grid: BenchGrid, methods: list[str],
                    runner: GridRunner, out_dir: Path) -> list[dict]:
@@ -179,7 +168,7 @@ def bench(settings: RunConfig, timing: TimingConfig, grid: BenchGrid) -> None:
         return loader_bench(settings, out_dir)
     backbone = timing.backbone if grid.timing_only else settings.backbone
     methods = grid.method_names or fitting(
-        timing_grid() if grid.timing_only else training_grid(), backbone)
+        timing_grid() if grid.timing_only else training_grid(), backbone_config(backbone))
     check_methods(methods, backbone)
     if not grid.method_names and not bf16_is_fast(settings.device):
         print(f"bf16 is emulated on this {settings.device} (no native bf16): skipping +bf16 "
