@@ -76,10 +76,12 @@ def train_command(args: argparse.Namespace) -> None:
     """Train one method, in this process or in each of the processes a launcher started
     (``torchrun --nproc_per_node N -m helpers train ...``); rank 0 writes the result."""
     from .distributed import context  # (torch) imported when the command runs
-    from .files import write_json
+    from .files import check_output_file, write_json
     from .run import run
 
     config, = args.settings
+    if args.out:
+        check_output_file(args.out)  # before training, not after it
     result = run(config)
     if context().is_main:
         out = Path(args.out or Path(config.results_root) / "runs" /
@@ -250,12 +252,13 @@ def is_users_mistake(error: Exception) -> bool:
     if isinstance(error, (ValueError, FileNotFoundError)):
         return True
     from .checkpoints import CheckpointError  # (torch) imported only once an error happened
+    from .files import OutputPathError
     from .store import DiskSpaceError, StaleStoreError
     from .tools.processes import RunFailed
     from .train import TrainingFailed
 
-    return isinstance(error, (ValueError, FileNotFoundError, DiskSpaceError, StaleStoreError,
-                              CheckpointError, TrainingFailed, RunFailed))
+    return isinstance(error, (DiskSpaceError, StaleStoreError, CheckpointError, TrainingFailed,
+                              RunFailed, OutputPathError))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchaudio.functional as AF
 
@@ -21,12 +22,12 @@ class AudioError(ValueError):
     """An audio file that cannot be used as it is; the message names the file and the fix."""
 
 
-
 def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Read any soundfile-readable file as a mono float32 waveform at ``sample_rate``.
 
-    Stereo is averaged to mono and other rates are resampled; missing, unreadable, empty and
-    sub-100 ms files raise an error that names the file.
+    Stereo is averaged to mono and other rates are resampled; missing, unreadable, empty,
+    sub-100 ms files and files with NaN or infinite samples raise an error that names the
+    file.
     """
     if sf is None:
         raise ImportError("reading audio needs soundfile: pip install -r requirements.txt")
@@ -42,6 +43,11 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor
     if samples.shape[0] < MIN_SECONDS * file_rate:
         raise AudioError(f"{path}: {samples.shape[0] / file_rate:.3f} s of audio, shorter than "
                          f"the {MIN_SECONDS} s minimum; remove the row or replace the file.")
+    bad = samples.size - int(np.isfinite(samples).sum())
+    if bad:
+        raise AudioError(f"{path}: {bad} samples are not finite (NaN or infinity), which would "
+                         "make every score that includes this clip NaN; re-export the file "
+                         "or remove its row from the manifest.")
     waveform = torch.from_numpy(samples.mean(axis=1))
     if file_rate != sample_rate:
         waveform = AF.resample(waveform, file_rate, sample_rate)

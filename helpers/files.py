@@ -15,6 +15,40 @@ from .fingerprints import code_version, digest
 from .paths import shown
 
 
+class OutputPathError(OSError):
+    """A place results cannot be written to; the message names it and what to do."""
+
+
+def check_writable(folder: str | Path, what: str = "results root") -> Path:
+    """Make sure results can be written under ``folder`` before any work starts (a run that
+    finds out after training loses its result): it is created if missing, and a probe file is
+    written and removed."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"{shown(folder)} ({what}) is a file, not a folder; choose a "
+                              "folder (--results-root, RESULTS_DIR)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputPathError(f"{shown(folder)} ({what}) cannot be written to "
+                              f"({error.strerror}); choose a writable folder (--results-root, "
+                              "RESULTS_DIR)") from error
+    return folder
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Make sure ``path`` can be written as a file: not a folder, its folder writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{shown(path)} is a folder; --out takes a file name such as "
+                              f"{shown(path / 'result.json')}")
+    check_writable(path.parent, "the folder of --out")
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(temporary)``, then rename the temporary file onto ``path``: readers see the
     old file or the new one, never half of one. The temporary name is unique to this writer

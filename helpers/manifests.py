@@ -129,6 +129,9 @@ def _number_problems(where: str, item: pd.Series) -> list[str]:
                             "a point, e.g. 3.5)")
     if {"label_min", "label_max"} <= set(numbers):
         low, high = numbers["label_min"], numbers["label_max"]
+        if low >= high:
+            problems.append(f"{where}: label_min={item['label_min']} must be below "
+                            f"label_max={item['label_max']} (the labels' scale, e.g. 1 and 7)")
         for dim in DIMENSIONS:
             if dim in numbers and not low <= numbers[dim] <= high:
                 problems.append(f"{where}: {dim}={item[dim]} is outside the declared range "
@@ -149,6 +152,33 @@ def _audio_problems(where: str, path: str) -> list[str]:
     if info.duration < MIN_SECONDS:
         return [f"{where}: {info.duration:.3f} s long, below the {MIN_SECONDS} s minimum"]
     return []
+
+
+def split_problems(manifest: pd.DataFrame) -> list[str]:
+    """What makes the splits unusable for training and choosing an epoch: fewer than two
+    clips in train or dev (the CCC of one clip is undefined, its loss has no gradient), or dev
+    labels that do not vary (a dev CCC is then 0 whatever the model predicts)."""
+    problems = []
+    for split in ("train", "dev"):
+        rows = manifest[manifest["split"] == split]
+        if len(rows) < 2:
+            problems.append(f"the {split} split has {len(rows)} clip(s); CCC needs at least 2 "
+                            f"clips with different labels: add {split} rows to the manifest")
+        elif split == "dev":
+            problems += [f"{rows[dim].isna().sum()} dev clip(s) have no {dim} label; fill "
+                         "them in" for dim in DIMENSIONS if rows[dim].isna().any()]
+            problems += [f"every dev clip has {dim}={rows[dim].iloc[0]}: a dev CCC cannot tell "
+                         "epochs apart without varied labels; add dev clips with other labels"
+                         for dim in DIMENSIONS if rows[dim].nunique(dropna=False) < 2
+                         and not rows[dim].isna().any()]
+    return problems
+
+
+def check_splits(manifest: pd.DataFrame, source: str = "manifest") -> None:
+    """Raise one ``ManifestError`` if the splits cannot train and select (``split_problems``)."""
+    problems = split_problems(manifest)
+    if problems:
+        raise ManifestError(f"{source}: " + "; ".join(problems))
 
 
 def validate_manifest(manifest: pd.DataFrame, check_audio: bool = True,

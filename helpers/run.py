@@ -23,16 +23,16 @@ from .constants import FRAME_RATE, SAMPLE_RATE, SPLITS
 from .corpora import load_data
 from .dataset import SpeechDataset, collate_for, waveform_store
 from .device import device_name, resolve_device, resolve_precision
-from .files import saved_or_computed
+from .files import check_writable, saved_or_computed
 from .fingerprints import code_version, run_fingerprint
 from .loaders import DurationBatchSampler, make_loader
-from .manifests import data_fingerprint
+from .manifests import check_splits, data_fingerprint
 from .methods import Method, Prepared, parse_method, prepare
 from .results import Result
 from .speedups import compile_trainable, pad_multiple, set_tf32, tf32_in_effect
 from .store import Store
 from .timing import median, peak_memory, reset_peak_memory
-from .train import evaluate, fit
+from .train import TrainingFailed, evaluate, fit
 
 
 def store_root(config: RunConfig) -> Path:
@@ -115,7 +115,10 @@ def run(config: RunConfig, manifest: pd.DataFrame | None = None,
     already (``run_or_load``).
     """
     config = config.with_(device=resolve_device(config.device))
+    check_writable(config.results_root)
     manifest = load_data(config.data) if manifest is None else manifest
+    check_splits(manifest, config.data)
+    check_batch_budget(manifest, config)
     method = parse_method(config.method)
     ctx, device = distributed.setup(config.device)
     fingerprint = fingerprint or run_fingerprint(
@@ -135,6 +138,7 @@ def run(config: RunConfig, manifest: pd.DataFrame | None = None,
     history = fitted.history[config.timing_skip_epochs:] or fitted.history
     seconds = median([r["seconds"] for r in history])
     test = evaluate(model, loaders["test"], config.device, method.precision)
+    check_predictions(test["predictions"], "test", config.lr)
     audio_seconds = float(np.sum(loaders["train"].dataset.durations()))
     return Result(
         **describe(method, prepared, config, fingerprint), world_size=ctx.world_size,
@@ -154,6 +158,31 @@ def run(config: RunConfig, manifest: pd.DataFrame | None = None,
         test_predictions=test["predictions"].numpy().round(5).tolist(),
         test_targets=test["targets"].numpy().round(5).tolist(),
         **cost, **peak_memory(config.device))
+
+
+def check_batch_budget(manifest: pd.DataFrame, config: RunConfig) -> None:
+    """Refuse a batch budget that holds only one training clip: the CCC of one clip is
+    undefined, so such a batch has no gradient and the model would never train."""
+    durations = manifest.loc[manifest["split"] == "train", "duration"]
+    longest = min(config.max_clip_seconds, float(durations.max()))
+    if config.max_batch_seconds < 2 * longest:
+        raise ValueError(f"max_batch_seconds={config.max_batch_seconds:g} holds only one "
+                         f"training clip of up to {longest:.2f} s, and a batch of one clip has "
+                         f"no CCC gradient; set --max-batch-seconds to at least {2 * longest:g}"
+                         " (or shorten --max-clip-seconds)")
+
+
+def check_predictions(predictions: torch.Tensor, split: str, lr: float) -> None:
+    """Stop a run whose predictions are not finite or far off the labels' 0-1 scale: training
+    diverged, and its scores would mean nothing."""
+    largest = predictions.abs().max().item() if len(predictions) else 0.0
+    if not np.isfinite(largest) or largest > DIVERGED:
+        raise TrainingFailed(f"{split} predictions reach {largest:.3g} on labels scaled to "
+                             f"0-1: training diverged at lr {lr:g}; lower the learning rate "
+                             "(--lr)")
+
+
+DIVERGED = 10.0  # predictions this far outside the 0-1 label scale mean training diverged
 
 
 def run_or_load(config: RunConfig, manifest: pd.DataFrame | None = None) -> Result:

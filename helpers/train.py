@@ -4,6 +4,7 @@ stopping on dev CCC (checkpoints of a fit live in ``checkpoints.py``).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -209,6 +210,10 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
                        evaluate(model, dev_loader, config.device, precision)["ccc"].items()})
         result.history.append(record)
         result.skipped_steps += record["skipped_steps"]
+        if not math.isfinite(record["dev_mean"]):
+            raise TrainingFailed(f"dev CCC is {record['dev_mean']} after epoch {epoch}: the "
+                                 "model's predictions are no longer finite, so training "
+                                 f"diverged at lr {config.lr:g}; lower the learning rate")
         if record["dev_mean"] > result.best_dev_ccc:
             result.best_epoch, result.best_dev_ccc = epoch, record["dev_mean"]
             best_state = trainable_state(model)

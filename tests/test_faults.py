@@ -105,7 +105,8 @@ def test_a_bench_killed_mid_run_loses_nothing_and_resumes(tmp_path, tiny_corpus)
 
 # ---------------------------------------------- rule 2: no untrained model, no reused record
 def test_a_model_that_never_trained_is_not_reported(tmp_path, manifest_rows):
-    manifest = pd.DataFrame(manifest_rows).assign(arousal=float("nan"))
+    manifest = pd.DataFrame(manifest_rows)
+    manifest.loc[manifest["split"] == "train", "arousal"] = float("nan")  # every loss NaN
     config = RunConfig(device="cpu", num_epochs=1, results_root=str(tmp_path), progress=False,
                        backbone="random:tiny")
     with pytest.raises(TrainingFailed, match="never trained"):
