@@ -240,6 +240,11 @@ def main(argv: list[str] | None = None) -> None:
         # every setting is checked before anything runs (a dataclass refuses a bad value)
         args.settings = [settings_from(args, dtype) for dtype in SETTINGS.get(args.command, ())]
         args.function(args)
+    except KeyboardInterrupt:
+        hint = {"train": "; a run started with --checkpoint-dir goes on exactly where its last "
+                         "finished epoch left it with the same command and --resume"}
+        sys.exit(f"python -m helpers {args.command}: stopped by Ctrl-C"
+                 f"{hint.get(args.command, '')}")
     except Exception as error:
         if os.environ.get("HELPERS_TRACEBACK") or not is_users_mistake(error):
             raise
@@ -254,11 +259,12 @@ def is_users_mistake(error: Exception) -> bool:
     from .checkpoints import CheckpointError  # (torch) imported only once an error happened
     from .files import OutputPathError
     from .store import DiskSpaceError, StaleStoreError
+    from .tools.bench import GridInterrupted
     from .tools.processes import RunFailed
     from .train import TrainingFailed
 
     return isinstance(error, (DiskSpaceError, StaleStoreError, CheckpointError, TrainingFailed,
-                              RunFailed, OutputPathError))
+                              RunFailed, OutputPathError, GridInterrupted))
 
 
 if __name__ == "__main__":

@@ -56,13 +56,19 @@ def resumable(checkpoint: Path) -> bool:
     return seen[0]
 
 
-def checkpoint_settings(config: RunConfig, precision: str, world_size: int = 1) -> dict:
+INPUTS = "data and backbone (content fingerprint)"
+
+
+def checkpoint_settings(config: RunConfig, precision: str, world_size: int = 1,
+                        inputs: str = "") -> dict:
     """What a checkpoint must share with the run that resumes it: every setting that changes
-    the weights (learning rate, epochs, batches, seed, ...), the precision and the number of
-    processes (a checkpoint saved under N processes resumes under N)."""
+    the weights (learning rate, epochs, batches, seed, ...), the precision, the number of
+    processes (a checkpoint saved under N processes resumes under N), and ``inputs``, a
+    fingerprint of what the data and the backbone *contain* (the same data path with edited
+    labels, or a backbone folder with other weights, is other inputs)."""
     settings = {k: v for k, v in config.to_dict().items()
                 if k not in NOT_IN_FINGERPRINT and k != "device"}
-    return {**settings, "precision": precision, "world_size": world_size}
+    return {**settings, "precision": precision, "world_size": world_size, INPUTS: inputs}
 
 
 

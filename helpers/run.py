@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from functools import partial
 from pathlib import Path
@@ -24,7 +25,7 @@ from .corpora import load_data
 from .dataset import SpeechDataset, collate_for, waveform_store
 from .device import device_name, resolve_device, resolve_precision
 from .files import check_writable, saved_or_computed
-from .fingerprints import code_version, run_fingerprint
+from .fingerprints import backbone_fingerprint, code_version, digest, run_fingerprint
 from .loaders import DurationBatchSampler, make_loader
 from .manifests import check_splits, data_fingerprint
 from .methods import Method, Prepared, parse_method, prepare
@@ -121,8 +122,9 @@ def run(config: RunConfig, manifest: pd.DataFrame | None = None,
     check_batch_budget(manifest, config)
     method = parse_method(config.method)
     ctx, device = distributed.setup(config.device)
-    fingerprint = fingerprint or run_fingerprint(
-        config, data_fingerprint(manifest, config.verify_audio), world_size=ctx.world_size)
+    data = data_fingerprint(manifest, config.verify_audio)
+    fingerprint = fingerprint or run_fingerprint(config, data, world_size=ctx.world_size)
+    inputs = digest(json.dumps([data, backbone_fingerprint(config.backbone)]))
     config = config.with_(device=device)  # this rank's GPU under a launcher
     prepared = prepare(method, config.backbone, config.seed, config.attention, config.pooling)
     set_tf32(tf32_in_effect(method, config.device))
@@ -134,7 +136,8 @@ def run(config: RunConfig, manifest: pd.DataFrame | None = None,
                                 ctx)
         cost = {}
     model = distributed.wrap(compile_trainable(prepared.model.to(device), method), device)
-    fitted = fit(model, loaders["train"], loaders["dev"], config, method.precision)
+    fitted = fit(model, loaders["train"], loaders["dev"], config, method.precision,
+                 inputs=inputs)
     history = fitted.history[config.timing_skip_epochs:] or fitted.history
     seconds = median([r["seconds"] for r in history])
     test = evaluate(model, loaders["test"], config.device, method.precision)

@@ -166,14 +166,15 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, 
 
 def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
         config: RunConfig, precision: str = "fp32",
-        on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
+        on_epoch_end: Callable[[dict], None] | None = None, inputs: str = "") -> FitResult:
     """Train the parameters that require grad; keep the weights of the best dev-CCC epoch.
 
     ``precision``: the method's (``run`` passes it from the parsed method). With
     ``checkpoint_dir`` set,
     every epoch ends with an atomic checkpoint of the trainable weights, optimizer, scheduler,
     scaler and RNG state; ``resume=True`` picks it up (only if it was written by a run with the
-    same settings) and the run continues exactly as if it had never stopped.
+    same settings and ``inputs``: the content fingerprint of the data and backbone) and the
+    run continues exactly as if it had never stopped.
     """
     config = config.with_(device=resolve_device(config.device))
     ctx = distributed.context()
@@ -188,7 +189,7 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
     scaler = make_scaler(precision, device)
     result, best_state = FitResult(), trainable_state(model)
     checkpoint = Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
-    settings = checkpoint_settings(config, precision, ctx.world_size)
+    settings = checkpoint_settings(config, precision, ctx.world_size, inputs)
     if config.resume and checkpoint is None:
         raise ValueError("resume=True (--resume) needs checkpoint_dir (--checkpoint-dir): the "
                          "folder the interrupted run wrote its checkpoint to")

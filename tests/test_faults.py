@@ -208,3 +208,23 @@ def test_resume_without_a_checkpoint_folder_is_refused(tmp_path, tiny_corpus):
               "--results-root", str(tmp_path), "--no-progress"])
     assert "resume=True (--resume) needs checkpoint_dir (--checkpoint-dir)" in \
         str(stopped.value.code)
+
+
+def test_ctrl_c_stops_a_bench_promptly_and_keeps_what_finished(tmp_path, tiny_corpus):
+    args = ["bench", "--data", tiny_corpus["csv"], "--backbone", tiny_corpus["backbone"],
+            "--methods", "partial(1),cached(1),full", "--lrs", "1e-3", "--seeds", "3",
+            "--num-epochs", "1", "--max-batch-seconds", "2", "--results-root", str(tmp_path)]
+    bench = subprocess.Popen([sys.executable, "-m", "helpers", *args], env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    partial = tmp_path / "bench.jsonl.partial"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (partial.is_file() and partial.read_text().count("\n")):
+        time.sleep(0.2)
+    os.killpg(bench.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
+    stopped = time.time()
+    _, stderr = bench.communicate(timeout=60)
+    assert time.time() - stopped < 30 and bench.returncode != 0  # no queued run started
+    assert "stopped by Ctrl-C" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    kept = partial.read_text().count("\n")
+    assert 1 <= kept < 9 and not (tmp_path / "bench.jsonl").exists()

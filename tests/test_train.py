@@ -126,3 +126,13 @@ def test_an_empty_or_truncated_checkpoint_is_named(tmp_path, content):
         fit(tone_model(), *tone_loaders(8), RunConfig(device="cpu", num_epochs=1,
                                                        progress=False, resume=True,
                                                        checkpoint_dir=str(tmp_path)))
+
+
+def test_resuming_on_data_or_a_backbone_with_other_contents_is_refused(tmp_path):
+    """The same settings, but the data's labels edited (or the backbone folder's weights
+    replaced): the inputs' content fingerprint differs, so the checkpoint is not resumed."""
+    settings = RunConfig(device="cpu", num_epochs=1, progress=False, checkpoint_dir=str(tmp_path))
+    fit(tone_model(), *tone_loaders(8), settings, inputs="labels as they were")
+    with pytest.raises(RuntimeError, match=r"data and backbone \(content fingerprint\): "
+                                           r"'labels as they were' then, 'labels edited' now"):
+        fit(tone_model(), *tone_loaders(8), settings.with_(resume=True), inputs="labels edited")

@@ -27,7 +27,11 @@ from ..methods import check_fits, fitting, parse_method, timing_grid, training_g
 from ..plots import tradeoff_figure
 from ..tables import chosen_learning_rates, lr_search_table, methods_to_search, summary_table
 from .loader_bench import loader_bench
-from .processes import RunFailed, run_in_subprocess
+from .processes import RunFailed, run_in_subprocess, stop_running
+
+
+class GridInterrupted(RuntimeError):
+    """The grid was stopped by Ctrl-C; the message says what was kept and how to go on."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,9 @@ class GridRunner:
         """The records of ``jobs``, in order: finished ones as they were, the rest run now."""
         missing = list({job.key: job for job in jobs if job.key not in self.done}.values())
         failures = []
-        with ThreadPoolExecutor(self.jobs) as pool:  # each job is its own process
-            futures = {pool.submit(self.run_one, job): job for job in missing}
+        pool = ThreadPoolExecutor(self.jobs)  # each job is its own process
+        futures = {pool.submit(self.run_one, job): job for job in missing}
+        try:
             for future in as_completed(futures):  # each record is kept as soon as it exists
                 job = futures[future]
                 try:
@@ -95,6 +100,13 @@ class GridRunner:
                 record.update(parallel_jobs=self.jobs, round=job.round)
                 append_record(record, self.partial)
                 self.done[job.key] = record
+        except KeyboardInterrupt:  # Ctrl-C: stop now, keep what finished
+            pool.shutdown(wait=False, cancel_futures=True)
+            stop_running()
+            raise GridInterrupted(f"stopped by Ctrl-C: {len(self.done)} finished run(s) are "
+                                  f"kept in {self.partial}; rerun the same command with "
+                                  "--resume to go on where it stopped") from None
+        pool.shutdown()
         if failures:
             raise RunFailed(f"{len(failures)} run(s) failed ({failures[0]}); the finished "
                             f"ones are kept in {self.partial.name}: fix the cause and rerun "

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 
 class RunFailed(RuntimeError):
@@ -19,8 +20,32 @@ def run_in_subprocess(task: str, threads: int | None = None, **kwargs) -> dict:
     process's CPU threads (for running several at once)."""
     command = [sys.executable, "-m", "helpers", "one", task, json.dumps(kwargs)]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    finished = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
-    if finished.returncode != 0:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
+        with _lock:
+            RUNNING.add(process)
+        try:
+            stdout, _ = process.communicate()
+        finally:
+            with _lock:
+                RUNNING.discard(process)
+    if process.returncode != 0:
         raise RunFailed(f"{task} of {kwargs.get('config', {}).get('method')} failed "
-                        f"(exit {finished.returncode}); its error is printed above")
-    return json.loads(finished.stdout.strip().splitlines()[-1])
+                        f"(exit {process.returncode}); its error is printed above")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+RUNNING: set[subprocess.Popen] = set()  # the runs in progress, stopped together on Ctrl-C
+_lock = threading.Lock()
+
+
+def stop_running() -> None:
+    """Stop every run in progress (the bench was interrupted): terminate, then kill."""
+    with _lock:
+        processes = list(RUNNING)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
