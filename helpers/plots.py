@@ -15,14 +15,16 @@ from .results import Result, label, memory_column, readable
 
 def tradeoff_figure(summary: pd.DataFrame, time_column: str = "seconds_per_epoch",
                     path: str | Path | None = None, title: str | None = None,
-                    limits: tuple[tuple[float, float], tuple[float, float]] | None = None):
+                    limits: tuple[tuple[float, float], tuple[float, float]] | None = None,
+                    largest_memory: float | None = None):
     """Time per epoch (x) against mean test CCC (y); marker area = peak memory, colour = the
     method's family (filled: fp32, hollow: mixed precision). ``limits`` fixes the axes
-    (x, y), so that filtered views can be compared."""
+    (x, y) and ``largest_memory`` the memory a full-size marker stands for, so that filtered
+    views can be compared (the same method keeps its marker size)."""
     memory = memory_column(summary)
     data = summary.reset_index()
     figure, axes = plt.subplots(figsize=(8, 4.8))
-    scale = 400 / summary[memory].max()
+    scale = 400 / (largest_memory or summary[memory].max())
     for _, row in data.iterrows():
         method = parse_method(row["method"])
         axes.scatter(row[time_column], row["ccc_mean"], s=max(row[memory] * scale, 30),
@@ -138,6 +140,7 @@ def results_explorer(summary: pd.DataFrame, time_column: str = "seconds_per_epoc
     families = sorted({method.kind for method in methods.values()})
     chosen = widgets.SelectMultiple(options=families, value=tuple(families),
                                     description="methods")
+    hint = widgets.Label("Ctrl-click (Cmd-click on a Mac) to choose several methods")
     precisions = widgets.Dropdown(options=["any", "fp32", "bf16"], value="any",
                                   description="precision")
     output, limits = widgets.Output(), axis_limits(summary, time_column)
@@ -151,14 +154,15 @@ def results_explorer(summary: pd.DataFrame, time_column: str = "seconds_per_epoc
             if not keep:
                 print("no method matches these filters")
                 return
-            tradeoff_figure(summary.loc[keep], time_column, limits=limits)
+            tradeoff_figure(summary.loc[keep], time_column, limits=limits,
+                            largest_memory=summary[memory_column(summary)].max())
             plt.show()
             display(readable(summary.loc[keep]))
 
     for control in (chosen, precisions):
         control.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([chosen, precisions]), output])
+    return widgets.VBox([widgets.HBox([chosen, precisions]), hint, output])
 
 
 # ------------------------------------------------------------------ choosing layers to train

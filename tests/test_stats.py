@@ -44,3 +44,20 @@ def test_the_table_compares_every_method_with_full():
                                        runs("bad", 0.5)))
     assert list(table.index) == ["cached(3)", "bad"]
     assert table.at["bad", "verdict"] == "worse"
+
+
+def test_a_filtered_tradeoff_view_keeps_each_methods_marker_size():
+    """07's filters redraw the figure for the methods kept: a method's marker must keep its
+    size (memory) whatever else is shown, or filtered views cannot be compared."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from helpers.plots import tradeoff_figure
+
+    summary = pd.DataFrame({"seconds_per_epoch": [10.0, 5.0], "ccc_mean": [0.7, 0.6],
+                            "peak_rss_mib": [3000.0, 1000.0]},
+                           index=pd.Index(["full", "cached(3)"], name="method"))
+    def marker_area(figure, index: int) -> float:
+        return float(figure.axes[0].collections[index].get_sizes()[0])
+    beside = marker_area(tradeoff_figure(summary), 1)  # cached(3) next to full
+    alone = marker_area(tradeoff_figure(summary.loc[["cached(3)"]], largest_memory=3000.0), 0)
+    assert alone == pytest.approx(beside)
