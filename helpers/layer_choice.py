@@ -77,22 +77,38 @@ def training_flops(config: PretrainedConfig, batch_size: int, clip_seconds: floa
     return pd.DataFrame(rows).set_index("layers trained")
 
 
+def pruned_config(spec: str, keep: int | None = None) -> PretrainedConfig:
+    """``spec``'s architecture with only its first ``keep`` transformer layers (prune(k))."""
+    config = backbone_config(spec)
+    if keep is not None:
+        if not 1 <= keep <= config.num_hidden_layers:
+            raise ValueError(f"keep={keep}: {spec} has {config.num_hidden_layers} layers")
+        config.num_hidden_layers = keep
+    return config
+
+
 @lru_cache(maxsize=64)
-def _costs(spec: str, batch_size: int, clip_seconds: float) -> pd.DataFrame:
-    return training_flops(backbone_config(spec), batch_size, clip_seconds)
+def _costs(spec: str, batch_size: int, clip_seconds: float,
+           keep: int | None = None) -> tuple[pd.DataFrame, float]:
+    """Training FLOPs for every n, and the forward (inference) GFLOPs of one batch."""
+    config = pruned_config(spec, keep)
+    inference = stage_flops(config, batch_size, clip_seconds)["forward"].sum() / 1e9
+    return training_flops(config, batch_size, clip_seconds), inference
 
 
 def explorer_inputs(spec: str, batch_size: int, clip_seconds: float, bench: pd.DataFrame,
-                    timing: pd.DataFrame) -> dict:
-    """What the layer-choice explorer shows for backbone ``spec``: FLOPs per step for every n
-    (counted), the probe per layer and partial(n)'s test CCC (bundled backbone only: the
-    others' weights are not here), and seconds per GFLOP of partial(3) as measured in the
-    ``timing`` grid, which turns FLOPs into a predicted time on that grid's device."""
-    costs = _costs(spec, batch_size, clip_seconds)
+                    timing: pd.DataFrame, keep: int | None = None) -> dict:
+    """What the layer-choice explorer shows for backbone ``spec`` pruned to its first ``keep``
+    layers (all by default): FLOPs per training step for every n and of inference
+    (counted), the probe per layer and partial(n)'s test CCC (bundled backbone unpruned only:
+    the others' weights are not here), and seconds per GFLOP of partial(3) as measured in
+    the ``timing`` grid, which turns FLOPs into a predicted time on that grid's device."""
+    costs, inference = _costs(spec, batch_size, clip_seconds, keep)
+    num_layers = backbone_config(spec).num_hidden_layers
     probe = accuracy = None
     if spec == "tiny" and (BUNDLED_BACKBONE / "probe.json").is_file():
         probe = load_probes(BUNDLED_BACKBONE)["pretrained"]
-    if spec == "tiny" and bench is not None:
+    if spec == "tiny" and bench is not None and len(costs) == num_layers:
         sweep = {m: layers_trained(parse_method(m), len(costs)) for m in bench["method"].unique()}
         rows = bench[bench["method"].map(sweep).notna()]
         summary = summary_table(rows)
@@ -102,4 +118,5 @@ def explorer_inputs(spec: str, batch_size: int, clip_seconds: float, bench: pd.D
     if timing is not None and "partial(3)" in set(timing["method"]):
         row = timing[timing["method"] == "partial(3)"]
         rate = float(row["seconds_per_step"].median() / (row["flops_per_step"].median() / 1e9))
-    return {"costs": costs, "probe": probe, "accuracy": accuracy, "seconds_per_gflop": rate}
+    return {"costs": costs, "probe": probe, "accuracy": accuracy, "seconds_per_gflop": rate,
+            "inference_gflops": inference, "num_layers": num_layers}

@@ -8,6 +8,7 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from .backbone import backbone_config
 from .config import RunConfig
 from .methods import KINDS, colour, parse_method
 from .results import Result, label, memory_column, readable
@@ -175,12 +176,15 @@ BACKBONE_CHOICES = {"bundled tiny": "tiny", "wav2vec2-base": "random:wav2vec2-ba
 
 def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None = None,
                         accuracy: pd.DataFrame | None = None,
-                        seconds_per_gflop: float | None = None, title: str = ""):
-    """Three views of training the top ``n`` layers, on fixed axes so that choices can be
-    compared: what each layer knows (probe CCC per layer, trained layers shaded), the FLOPs of
-    a training step for every n (partial and cached), and the measured test CCC of
-    partial(n)."""
-    num_layers = len(costs)
+                        seconds_per_gflop: float | None = None, title: str = "",
+                        inference_gflops: float | None = None, num_layers: int | None = None):
+    """Three views of training the top ``n`` of the layers kept (``len(costs)`` of the
+    backbone's ``num_layers``), on fixed axes so that choices can be compared: what each layer
+    knows (probe CCC per layer, trained layers shaded, pruned ones greyed), the FLOPs of a
+    training step for every n (partial and cached), and the measured test CCC of partial(n).
+    """
+    kept = len(costs)
+    num_layers = num_layers or kept
     figure, (know, cost, score) = plt.subplots(1, 3, figsize=(13, 3.6))
     if probe is not None:
         for dimension, line_colour in DIMENSION_COLOURS.items():
@@ -191,8 +195,9 @@ def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None 
         know.text(0.5, 0.5, "no probe for this backbone\n(needs its pretrained weights:\n"
                   "notebook 01 with BACKBONE set)", ha="center", va="center",
                   transform=know.transAxes, fontsize=9)
-    know.axvspan(num_layers - n + 0.5, num_layers + 0.5, color="tab:orange", alpha=0.15,
-                 label="trained")
+    know.axvspan(kept - n + 0.5, kept + 0.5, color="tab:orange", alpha=0.15, label="trained")
+    if kept < num_layers:
+        know.axvspan(kept + 0.5, num_layers + 0.5, color="grey", alpha=0.3, label="pruned")
     know.set(xlim=(-0.5, num_layers + 0.5), ylim=(0, 1), xlabel="layer output (0 = input "
              "to layer 1)", ylabel="probe test CCC", title="what each layer knows")
     for column, style in (("partial GFLOP/step", "-"), ("cached GFLOP/step", "--")):
@@ -200,7 +205,7 @@ def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None 
                   label=column.split()[0], color=KINDS[column.split()[0]].colour)
         cost.plot([n], [costs.at[n, column]], "o", markersize=11, markerfacecolor="none",
                   markeredgecolor="black")
-    cost.set(xlim=(0.5, num_layers + 0.5), ylim=(0, costs.to_numpy().max() * 1.1),
+    cost.set(xlim=(0.5, kept + 0.5), ylim=(0, costs.to_numpy().max() * 1.1),
              xlabel="layers trained (n)", ylabel="GFLOP per training step",
              title="what a step costs")
     if seconds_per_gflop:
@@ -217,11 +222,11 @@ def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None 
     else:
         score.text(0.5, 0.5, "not measured for this backbone\n(make bench with --backbone)",
                    ha="center", va="center", transform=score.transAxes, fontsize=9)
-    score.set(xlim=(0.5, num_layers + 0.5), ylim=(0, 1), xlabel="layers trained (n)",
+    score.set(xlim=(0.5, kept + 0.5), ylim=(0, 1), xlabel="layers trained (n)",
               ylabel="test CCC (mean ± sd over seeds)", title="what it scores (bench)")
     for axes in (know, cost, score):
         axes.grid(alpha=0.3)
-    figure.suptitle(title or f"training the top {n} of {num_layers} layers", fontsize=11)
+    figure.suptitle(title or f"training the top {n} of {kept} layers", fontsize=11)
     figure.tight_layout()
     return figure
 
@@ -230,14 +235,17 @@ def layer_choice_explorer(inputs: Callable[[str, int, float], dict], start: int 
                           start_batch: int = int(RunConfig.max_batch_seconds //
                                                  RunConfig.max_clip_seconds),
                           start_clip: float = RunConfig.max_clip_seconds):
-    """Sliders over the backbone, the layers trained, the batch and the clip length; the
-    figure (``layer_choice_figure``) redraws from ``inputs(backbone, batch, clip)``, which
-    returns its costs, probe, accuracy and seconds per GFLOP (counted or measured before)."""
+    """Sliders over the backbone, the layers kept (prune(k)), the layers trained, the batch
+    and the clip length; the figure (``layer_choice_figure``) redraws from
+    ``inputs(backbone, batch, clip, keep)``, which returns its costs, probe, accuracy and
+    seconds per GFLOP (counted or measured before)."""
     # optional: the Jupyter stack is not installed on every machine that draws figures
     import ipywidgets as widgets
     from IPython.display import display
 
     backbone = widgets.Dropdown(options=list(BACKBONE_CHOICES), description="backbone")
+    keep = widgets.IntSlider(value=6, min=1, max=6, description="layers kept",
+                             continuous_update=False, style={"description_width": "initial"})
     layers = widgets.IntSlider(value=start, min=1, max=6, description="layers trained",
                                continuous_update=False, style={"description_width": "initial"})
     batch = widgets.IntSlider(value=start_batch, min=1, max=64, description="batch",
@@ -246,26 +254,35 @@ def layer_choice_explorer(inputs: Callable[[str, int, float], dict], start: int 
                                description="clip (s)", continuous_update=False)
     output = widgets.Output()
 
+    def new_backbone(_=None):
+        total = backbone_config(BACKBONE_CHOICES[backbone.value]).num_hidden_layers
+        with keep.hold_trait_notifications():
+            keep.max, keep.value = total, total  # unpruned at first
+        redraw()
+
     def redraw(_=None):
-        chosen = inputs(BACKBONE_CHOICES[backbone.value], batch.value, clip.value)
+        chosen = inputs(BACKBONE_CHOICES[backbone.value], batch.value, clip.value, keep.value)
         layers.max = len(chosen["costs"])
         n = min(layers.value, layers.max)
         with output:
             output.clear_output(wait=True)
             layer_choice_figure(n=n, **chosen, title=f"{backbone.value}: top {n} of "
-                                f"{layers.max} layers, {batch.value} x {clip.value:g} s")
+                                f"{layers.max} layers kept, {batch.value} x {clip.value:g} s")
             plt.show()
             display(layer_choice_summary(chosen, n))
 
-    for control in (backbone, layers, batch, clip):
+    backbone.observe(new_backbone, names="value")
+    for control in (keep, layers, batch, clip):
         control.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([widgets.HBox([backbone, layers]), widgets.HBox([batch, clip]), output])
+    new_backbone()
+    return widgets.VBox([widgets.HBox([backbone, keep]), widgets.HBox([layers, batch, clip]),
+                         output])
 
 
 def layer_choice_summary(chosen: dict, n: int) -> pd.DataFrame:
     """One row: the cost and (where measured) the score of training the top n layers."""
     costs, row = chosen["costs"], {}
+    row["layers kept"] = len(costs)
     row["partial GFLOP/step"] = round(costs.at[n, "partial GFLOP/step"], 1)
     row["cached GFLOP/step"] = round(costs.at[n, "cached GFLOP/step"], 1)
     row["partial FLOPs / full's"] = \
@@ -273,6 +290,8 @@ def layer_choice_summary(chosen: dict, n: int) -> pd.DataFrame:
     if chosen.get("seconds_per_gflop"):
         row["predicted s/step"] = round(costs.at[n, "partial GFLOP/step"] *
                                         chosen["seconds_per_gflop"], 3)
+    if chosen.get("inference_gflops"):
+        row["inference GFLOP/batch"] = round(chosen["inference_gflops"], 1)
     accuracy = chosen.get("accuracy")
     if accuracy is not None and n in accuracy.index:
         row["test CCC"] = round(accuracy.at[n, "ccc_mean"], 3)
