@@ -119,7 +119,7 @@ def bench_learning_rate(method: str, default: float = RunConfig.lr) -> float:
     return chosen.get(method, default)
 
 
-GPU_REFERENCE = "gpu-h200-2026-12-04/timing"  # gpu-check on one H200 (see its README)
+GPU_REFERENCE = "gpu-h200-2026-12-04"  # gpu-check on one H200 (see its README)
 
 
 def gpu_timings() -> pd.DataFrame:
@@ -127,10 +127,10 @@ def gpu_timings() -> pd.DataFrame:
     reference run shipped in ``results/reference/``; says which card, when and on which code
     version they were measured."""
     local = sorted(Path(RunConfig().results_root).glob("gpu/*/gpu-check.jsonl"))
-    path = local[-1] if local else REFERENCE_DIR / f"{GPU_REFERENCE}.jsonl"
-    table = pd.DataFrame(read_records(path))
+    paths = local[-1:] or sorted((REFERENCE_DIR / GPU_REFERENCE).glob("*.jsonl"))
+    table = pd.DataFrame([r for path in paths for r in read_records(path)])
     table = table[table["step"] == "timing"].assign(phase=lambda t: t["phase"].fillna("train"))
-    dated = f", {path.parent.name[-10:]}" if not local else ""
-    print(f"GPU timings from {shown(path)}: {table['device'].iloc[0]}{dated}, code version "
-          f"{table['code_version'].iloc[0]}, torch {table['torch'].iloc[0]}")
+    dated = f", {GPU_REFERENCE[-10:]}" if not local else ""
+    print(f"GPU timings from {shown(paths[0].parent)}: {table['device'].iloc[0]}{dated}, code "
+          f"version {', '.join(table['code_version'].unique())}, torch {table['torch'].iloc[0]}")
     return table
