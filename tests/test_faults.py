@@ -76,19 +76,26 @@ def test_a_bench_with_a_bad_argument_keeps_the_previous_results(tmp_path, tiny_c
     assert "two hours" in (tmp_path / "bench.jsonl").read_text()
 
 
+def bench_until_a_run_finished(args: list[str], results: Path, **streams):
+    """Start ``python -m helpers bench`` in a process group of its own and return once its
+    first run's record is in the partial file (or after 300 s), with that file's path."""
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **streams}
+    bench = subprocess.Popen([sys.executable, "-m", "helpers", *args], env=ENV, text=True,
+                             start_new_session=True, **streams)
+    partial = results / "bench.jsonl.partial"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (partial.is_file() and partial.read_text().count("\n")):
+        time.sleep(0.2)
+    return bench, partial
+
+
 def test_a_bench_killed_mid_run_loses_nothing_and_resumes(tmp_path, tiny_corpus):
     (tmp_path / "bench.jsonl").write_text('{"method": "full", "earlier": "two hours"}\n')
     args = ["bench", "--data", tiny_corpus["csv"], "--backbone",
             tiny_corpus["backbone"], "--methods", "full,partial(1),cached(1)", "--lrs", "1e-3",
             "--seeds", "2", "--num-epochs", "1", "--max-batch-seconds", "2",
             "--results-root", str(tmp_path)]
-    bench = subprocess.Popen([sys.executable, "-m", "helpers", *args], env=ENV,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                             start_new_session=True)
-    partial = tmp_path / "bench.jsonl.partial"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (partial.is_file() and partial.read_text().count("\n")):
-        time.sleep(0.2)
+    bench, partial = bench_until_a_run_finished(args, tmp_path, stderr=subprocess.DEVNULL)
     os.killpg(bench.pid, signal.SIGKILL)  # the bench and the run it had started
     bench.wait()
     assert "two hours" in (tmp_path / "bench.jsonl").read_text()  # untouched
@@ -214,13 +221,7 @@ def test_ctrl_c_stops_a_bench_promptly_and_keeps_what_finished(tmp_path, tiny_co
     args = ["bench", "--data", tiny_corpus["csv"], "--backbone", tiny_corpus["backbone"],
             "--methods", "partial(1),cached(1),full", "--lrs", "1e-3", "--seeds", "3",
             "--num-epochs", "1", "--max-batch-seconds", "2", "--results-root", str(tmp_path)]
-    bench = subprocess.Popen([sys.executable, "-m", "helpers", *args], env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-    partial = tmp_path / "bench.jsonl.partial"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (partial.is_file() and partial.read_text().count("\n")):
-        time.sleep(0.2)
+    bench, partial = bench_until_a_run_finished(args, tmp_path, stdout=subprocess.DEVNULL)
     os.killpg(bench.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
     stopped = time.time()
     _, stderr = bench.communicate(timeout=60)
