@@ -32,8 +32,8 @@ from typing import Iterable
 import pandas as pd
 import torch
 from huggingface_hub import try_to_load_from_cache
-from torch.utils.flop_counter import FlopCounterMode
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import (HubertConfig, HubertModel, PretrainedConfig, PreTrainedModel,
                           Wav2Vec2Config, Wav2Vec2Model, WavLMConfig, WavLMModel)
 from transformers.masking_utils import create_bidirectional_mask

@@ -64,19 +64,10 @@ def time_method(config: TimingConfig | str, backbone: str | None = None,
     reset_peak_memory(device)
     times = time_steps(step, config.num_steps, config.warmup, device)
     synchronize(device)
-    seconds = median(times)
-    memory = peak_memory(device)
-    matmul_precision = "tf32" if tf32_in_effect(method, device) else precision
-    attainable = attainable_flops(device, matmul_precision)
-    return TimingResult(
-        **describe(method, prepared, config, timing_fingerprint(config)), phase=config.phase,
-        batch_size=config.batch_size, clip_seconds=config.clip_seconds,
-        seconds_per_step=seconds, step_times=[round(t, 4) for t in times],
-        audio_seconds_per_second=config.batch_size * config.clip_seconds / seconds,
-        flops_per_step=flops, achieved_flops_per_second=flops / seconds,
-        attainable_flops_per_second=attainable, peak_share=peak_share(flops, seconds, attainable),
-        first_losses=[float(loss) for loss in losses[: config.warmup + config.num_steps]],
-        **extra, **memory)
+    return timing_record(method, prepared, config, times, flops, precision,
+                         first_losses=[float(loss) for loss in
+                                       losses[: config.warmup + config.num_steps]],
+                         **extra, **peak_memory(device))
 
 
 def time_inference(method: Method, prepared: Prepared, config: TimingConfig, batch: dict,
@@ -97,15 +88,27 @@ def time_inference(method: Method, prepared: Prepared, config: TimingConfig, bat
             model(**inputs)
     flops = count_flops(forward)
     reset_peak_memory(device)
-    seconds = median(time_steps(forward, config.num_steps, config.warmup, device))
-    attainable = attainable_flops(device, "tf32" if tf32_in_effect(method, device) else precision)
+    times = time_steps(forward, config.num_steps, config.warmup, device)
+    return timing_record(method, prepared, config, times, flops, precision, **extra,
+                         **peak_memory(device))
+
+
+def timing_record(method: Method, prepared: Prepared, config: TimingConfig, times: list[float],
+                  flops: int, precision: str, **measured) -> TimingResult:
+    """The record of a timing: the median of ``times`` and its FLOP rate against what a large
+    matrix product reaches here in the same precision (measured after the timed steps, so its
+    memory is not in their peak)."""
+    seconds = median(times)
+    tf32 = tf32_in_effect(method, config.device)
+    attainable = attainable_flops(config.device, "tf32" if tf32 else precision)
     return TimingResult(
         **describe(method, prepared, config, timing_fingerprint(config)), phase=config.phase,
         batch_size=config.batch_size, clip_seconds=config.clip_seconds,
-        seconds_per_step=seconds, step_times=[], flops_per_step=flops,
+        seconds_per_step=seconds, step_times=[round(t, 4) for t in times],
         audio_seconds_per_second=config.batch_size * config.clip_seconds / seconds,
-        achieved_flops_per_second=flops / seconds, attainable_flops_per_second=attainable,
-        peak_share=peak_share(flops, seconds, attainable), **extra, **peak_memory(device))
+        flops_per_step=flops, achieved_flops_per_second=flops / seconds,
+        attainable_flops_per_second=attainable, peak_share=peak_share(flops, seconds, attainable),
+        **measured)
 
 
 def state_mib(model: nn.Module) -> float:
