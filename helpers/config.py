@@ -67,7 +67,9 @@ class RunConfig(Settings):
     """Every setting of one training run, each with its one default."""
 
     method: str = setting("full", "full, full+cnn, partial(3), lora(16), cached(3), "
-                          "weighted-sum; +bf16/+fp16/+auto/+tf32/+compile (see methods.py)")
+                          "weighted-sum, lora-ffn(16), dora(16), ia3, bitfit, adapter(32), "
+                          "prune(9)+partial(3); +bf16/+fp16/+auto/+tf32/+compile (see "
+                          "methods.py)")
     backbone: str = setting("tiny", "tiny (bundled), a Hub id, a folder, or a preset such as "
                             "random:wav2vec2-base")
     data: str = setting("bundled", "bundled, msp:/path, iemocap:/path or a manifest CSV")

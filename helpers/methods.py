@@ -2,8 +2,10 @@
 
 Methods are short strings, so that a results table, a command line and a notebook parameter
 all speak the same language: ``full``, ``full+cnn``, ``partial(3)``, ``lora(16)``,
-``cached(3)``, ``weighted-sum``, any of them on a pruned backbone (``prune(9)+partial(3)``:
-only the first 9 transformer layers are kept, then the top 3 of those train), and any with ``+bf16``, ``+fp16`` or ``+auto`` for
+``cached(3)``, ``weighted-sum``, the methods past the study (``lora-ffn(16)``, ``dora(16)``,
+``ia3``, ``bitfit``, ``adapter(32)``), any of them on a pruned backbone
+(``prune(9)+partial(3)``: only the first 9 transformer layers are kept, then the top 3 of those
+train), and any with ``+bf16``, ``+fp16`` or ``+auto`` for
 mixed precision, ``+tf32`` to let fp32 matrix products use TF32 tensor cores (a GPU option:
 plain ``fp32`` is true fp32), and ``+compile`` to run the part that trains through
 ``torch.compile``.
@@ -28,9 +30,9 @@ from transformers import PretrainedConfig
 from .backbone import family_of, load_backbone
 from .config import RunConfig
 from .model import EmotionRegressor
-from .surgery import (SplitRegressor, add_adapters, add_dora, add_ia3, add_lora, add_lora_everywhere,
-                      add_lora_feed_forward, prune_layers, train_all_layers, train_biases, train_top_layers,
-                      weighted_sum)
+from .surgery import (SplitRegressor, add_adapters, add_dora, add_ia3, add_lora,
+                      add_lora_everywhere, add_lora_feed_forward, prune_layers, train_all_layers,
+                      train_biases, train_top_layers, weighted_sum)
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,7 @@ PATTERN = re.compile(rf"^(?:prune\((?P<keep>\d+)\)(?:\+|$))?"
                      rf"(?P<kind>{'|'.join(map(re.escape, KINDS))})?(?:\((?P<number>\d+)\))?"
                      rf"(?P<options>(?:\+(?:{'|'.join(OPTIONS)}))*)$")
 EXAMPLES = ("full, full+cnn, partial(3), lora(16), lora-ffn(16), dora(16), ia3, bitfit, "
-            "adapter(32), "
-            "cached(3), weighted-sum, partial(3)+bf16, prune(9)+partial(3)")
+            "adapter(32), cached(3), weighted-sum, partial(3)+bf16, prune(9)+partial(3)")
 
 
 @dataclass(frozen=True)
