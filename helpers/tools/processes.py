@@ -19,6 +19,9 @@ def run_in_subprocess(task: str, threads: int | None = None, **kwargs) -> dict:
     ``config=...``) in a fresh process; returns its record as a dict. ``threads`` caps the
     process's CPU threads (for running several at once)."""
     command = [sys.executable, "-m", "helpers", "one", task, json.dumps(kwargs)]
+    if os.name == "posix":  # Ctrl-C reaches the whole process group: the run ignores it from
+        # its first instruction (no traceback half-way through an import), the bench stops it
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
         with _lock:
