@@ -80,11 +80,17 @@ def family_of(model_type: str | None) -> Family:
     return FAMILIES[model_type]
 
 
+def check_attention(asked: str) -> str:
+    """Refuse an attention kernel the series does not offer."""
+    if asked not in ATTENTIONS:
+        raise ValueError(f"attention={asked!r}: choose one of {ATTENTIONS}")
+    return asked
+
+
 def attention_kernel(model_type: str, asked: str = "sdpa") -> str:
     """The attention kernel a backbone runs with: the one asked for where its family has it,
     else the family's own (WavLM: ``mha``, torch's multi-head attention function)."""
-    if asked not in ATTENTIONS:
-        raise ValueError(f"attention={asked!r}: choose one of {ATTENTIONS}")
+    check_attention(asked)
     available = family_of(model_type).attentions
     return asked if asked in available else available[0]
 
@@ -151,8 +157,7 @@ def load_backbone(spec: str = "tiny", seed: int = 0, attention: str = "sdpa") ->
     scaled-dot-product attention, the fast path) or ``eager`` (plain matrix products, kept
     for checks: the two agree to rounding). WavLM has neither and runs its own.
     """
-    if attention not in ATTENTIONS:
-        raise ValueError(f"attention={attention!r}: choose one of {ATTENTIONS}")
+    check_attention(attention)
     if spec == "tiny" and not (BUNDLED_BACKBONE / "config.json").is_file():
         warnings.warn(f"{BUNDLED_BACKBONE} not found: using the tiny architecture with random "
                       "weights, so its frozen layers hold no useful features yet.")

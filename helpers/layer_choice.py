@@ -64,7 +64,11 @@ def training_flops(config: PretrainedConfig, batch_size: int, clip_seconds: floa
     only the top n layers (their input comes from the cache); ``full`` (n = L) also trains the
     projection and the positional convolution (the CNN stays frozen). The head's FLOPs are
     negligible."""
-    stages = stage_flops(config, batch_size, clip_seconds)
+    return step_flops(stage_flops(config, batch_size, clip_seconds))
+
+
+def step_flops(stages: pd.DataFrame) -> pd.DataFrame:
+    """``training_flops`` from counted stages (``stage_flops``' table)."""
     layers = stages.loc[[s for s in stages.index if s.startswith("layer ")]]
     below = stages.drop(layers.index).drop("CNN feature encoder")
     total = stages["forward"].sum()
@@ -91,9 +95,8 @@ def pruned_config(spec: str, keep: int | None = None) -> PretrainedConfig:
 def _costs(spec: str, batch_size: int, clip_seconds: float,
            keep: int | None = None) -> tuple[pd.DataFrame, float]:
     """Training FLOPs for every n, and the forward (inference) GFLOPs of one batch."""
-    config = pruned_config(spec, keep)
-    inference = stage_flops(config, batch_size, clip_seconds)["forward"].sum() / 1e9
-    return training_flops(config, batch_size, clip_seconds), inference
+    stages = stage_flops(pruned_config(spec, keep), batch_size, clip_seconds)  # counted once
+    return step_flops(stages), stages["forward"].sum() / 1e9
 
 
 def explorer_inputs(spec: str, batch_size: int, clip_seconds: float, bench: pd.DataFrame,
