@@ -34,13 +34,25 @@ class SettingsParser(HfArgumentParser):
         taken = {action.dest for action in self._actions}
         hints = {f.name: f for f in dataclasses.fields(dtype)}
         shared = [name for name in hints if name in taken]
-        if not shared:
-            return super()._add_dataclass_arguments(dtype)
-        unshared = dataclasses.make_dataclass(
-            dtype.__name__, [(f.name, f.type, f) for f in dataclasses.fields(dtype)
-                             if f.name not in taken])
-        unshared.__module__ = dtype.__module__
-        super()._add_dataclass_arguments(unshared)
+        if shared:
+            dtype_ = dtype
+            dtype = dataclasses.make_dataclass(
+                dtype_.__name__, [(f.name, f.type, f) for f in dataclasses.fields(dtype_)
+                                  if f.name not in taken])
+            dtype.__module__ = dtype_.__module__
+        super()._add_dataclass_arguments(dtype)
+        self._tidy_help()
+
+    def _tidy_help(self) -> None:
+        """A ``--no-X`` switch says that it switches X off (the generated one repeats X's
+        help), and a help that names its own default is not followed by a second one."""
+        for action in self._actions:
+            if not action.help or action.help is argparse.SUPPRESS:
+                continue
+            if action.option_strings[0].startswith("--no_") and "opposite" not in action.help:
+                action.help = f"the opposite of --{action.dest} ({action.help})%(default).0s"
+            if "(default" in action.help and "%(default)" not in action.help:
+                action.help += "%(default).0s"  # empty, but keeps the formatter's default out
 
 
 def settings_from(args: argparse.Namespace, dtype):
@@ -57,7 +69,10 @@ def bench_command(args: argparse.Namespace) -> None:
     every method trains with --seeds seeds at its rate (the seed-0 search run is reused).
     """
     from .tools.bench import bench  # (torch) imported when the command runs: --help stays fast
+    from .tools.dry_run import plan_bench, report
 
+    if args.dry_run:
+        return report("bench", plan_bench(*args.settings))
     bench(*args.settings)
 
 
@@ -75,14 +90,19 @@ def one(args: argparse.Namespace) -> None:
 def train_command(args: argparse.Namespace) -> None:
     """Train one method, in this process or in each of the processes a launcher started
     (``torchrun --nproc_per_node N -m helpers train ...``); rank 0 writes the result."""
-    from .distributed import context  # (torch) imported when the command runs
+    from .distributed import context, peers_watched  # (torch) imported when the command runs
     from .files import check_output_file, write_json
     from .run import run
 
     config, = args.settings
+    if args.dry_run:
+        from .tools.dry_run import plan_train, report  # imported only for a dry run
+
+        return report("train", plan_train(config, args.out))
     if args.out:
         check_output_file(args.out)  # before training, not after it
-    result = run(config)
+    with peers_watched():
+        result = run(config)
     if context().is_main:
         out = Path(args.out or Path(config.results_root) / "runs" /
                    f"train-{result.fingerprint[:16]}.json")
@@ -96,6 +116,10 @@ def make_sample_command(args: argparse.Namespace) -> None:
     """Regenerate the bundled corpus (audio, labels.csv, DATASHEET.md)."""
     from .bundled.corpus import make_sample  # (torch) imported when the command runs
     from .bundled.datasheet import write_datasheet
+    from .tools.dry_run import plan_sample, report
+
+    if args.dry_run:
+        return report("make-sample", plan_sample(args.out, args.clips_per_speaker))
 
     shutil.rmtree(Path(args.out) / "audio", ignore_errors=True)
     manifest = make_sample(args.out, seed=args.seed, clips_per_speaker=args.clips_per_speaker)
@@ -109,6 +133,10 @@ def pretrain_command(args: argparse.Namespace) -> None:
     import pandas as pd  # imported when the command runs: --help stays fast
     from .bundled.pretrain import make_pretraining_speech, pretrain, probe_and_describe
 
+    if args.dry_run:
+        from .tools.dry_run import plan_pretrain, report  # imported only for a dry run
+
+        return report("pretrain-backbone", plan_pretrain(args))
     speech = Path(args.speech_dir)
     if not (speech / "transcripts.csv").is_file():
         make_pretraining_speech(speech, num_clips=args.clips, seed=args.seed + 1234)
@@ -135,7 +163,11 @@ def check_rerun_command(args: argparse.Namespace) -> None:
 
 def gpu_check_command(args: argparse.Namespace) -> None:
     """Time, train and execute the notebooks on a CUDA GPU; write <results root>/gpu/<device>/."""
-    from .tools.gpu_check import gpu_check  # (torch) imported when the command runs
+    from .tools.dry_run import plan_gpu_check, report  # (torch) imported when the command runs
+    from .tools.gpu_check import gpu_check
+
+    if args.dry_run:
+        return report("gpu-check", plan_gpu_check(args.results_root, args.steps))
 
     status = gpu_check(Path(args.results_root) / "gpu", args.steps)
     if status:
@@ -151,8 +183,11 @@ def main_job(args: argparse.Namespace) -> None:
     from .plots import tradeoff_figure
     from .tables import summary_table
     from .timing import stopwatch
+    from .tools.dry_run import plan_series, report
     from .tools.run_notebooks import execute, series
 
+    if args.dry_run:
+        return report("run", plan_series(args.results_root, args.in_place, args.smoke))
     results = Path(args.results_root)
     out = NOTEBOOK_DIR if args.in_place else results / "notebooks"
     env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures in the output
@@ -167,6 +202,12 @@ def main_job(args: argparse.Namespace) -> None:
     tradeoff_figure(summary, path=figure)
     write_text(table, summary.to_markdown() + "\n")
     print(f"\nexecuted notebooks: {out}/\ntrade-off figure: {figure}\ntrade-off table: {table}")
+
+
+def add_dry_run(command: argparse.ArgumentParser) -> None:
+    """``--dry-run`` for the commands that take long: check the arguments, print the plan."""
+    command.add_argument("--dry-run", action="store_true", help="check the arguments and "
+                         "print what would run, without running it")
 
 
 def add_results_root(command: argparse.ArgumentParser) -> None:
@@ -186,15 +227,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--in-place", action="store_true", help="write the executed notebooks "
                      "back into notebooks/ (to commit their outputs)")
     add_results_root(run)
+    add_dry_run(run)
     run.set_defaults(function=main_job)
     sub = commands.add_parser("bench", help="train/measure the methods, write results/",
                               description=bench_command.__doc__,
                               dataclass_types=SETTINGS["bench"])
+    add_dry_run(sub)
     sub.set_defaults(function=bench_command)
     trainer = commands.add_parser("train", help="train one method (also under torchrun)",
                                   description=train_command.__doc__,
                                   dataclass_types=SETTINGS["train"])
     trainer.add_argument("--out", help="where rank 0 writes the result (JSON)")
+    add_dry_run(trainer)
     trainer.set_defaults(function=train_command)
     check = commands.add_parser("gpu-check", help="prove the GPU path on a CUDA machine "
                                 "(about 8 minutes)", description=gpu_check_command.__doc__)
@@ -202,6 +246,7 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--steps", default="timing,bundled,torchrun,notebooks",
                        type=lambda text: text.split(","),
                        help="which steps to run (comma-separated)")
+    add_dry_run(check)
     check.set_defaults(function=gpu_check_command)
     single = commands.add_parser("one", help="one run in this process (used by bench)",
                                  description=one.__doc__)
@@ -213,6 +258,7 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default=str(SAMPLE_DIR))
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--clips-per-speaker", type=int, default=72)
+    add_dry_run(sample)
     sample.set_defaults(function=make_sample_command)
     backbone = commands.add_parser("pretrain-backbone", help="pretrain the bundled tiny "
                                    "backbone (needs espeak-ng)",
@@ -222,6 +268,7 @@ def parser() -> argparse.ArgumentParser:
     backbone.add_argument("--clips", type=int, default=4000)
     for option, value in RECIPE.items():  # the bundled backbone's recipe is the default
         backbone.add_argument(f"--{option.replace('_', '-')}", type=type(value), default=value)
+    add_dry_run(backbone)
     backbone.set_defaults(function=pretrain_command)
     rerun = commands.add_parser("check-rerun", help="compare a rerun of pretrain-backbone "
                                 "with the bundled backbone",
@@ -257,14 +304,15 @@ def is_users_mistake(error: Exception) -> bool:
     if isinstance(error, (ValueError, FileNotFoundError)):
         return True
     from .checkpoints import CheckpointError  # (torch) imported only once an error happened
-    from .files import OutputPathError
-    from .store import DiskSpaceError, StaleStoreError
+    from .distributed import PeerLost
+    from .files import DiskSpaceError, OutputPathError
+    from .store import StaleStoreError
     from .tools.bench import GridInterrupted
     from .tools.processes import RunFailed
     from .train import TrainingFailed
 
     return isinstance(error, (DiskSpaceError, StaleStoreError, CheckpointError, TrainingFailed,
-                              RunFailed, OutputPathError, GridInterrupted))
+                              RunFailed, OutputPathError, GridInterrupted, PeerLost))
 
 
 if __name__ == "__main__":

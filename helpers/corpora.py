@@ -95,12 +95,13 @@ def iemocap(root: str | Path, test_session: int = 5, dev_session: int | None = 4
             dialog = turn.rsplit("_", 1)[0]
             split = ("test" if session == test_session else
                      "dev" if session == dev_session else "train")
+            wav = eval_file.parents[2] / "sentences" / "wav" / dialog / f"{turn}.wav"
             rows.append({
-                "path": str(eval_file.parents[2] / "sentences" / "wav" / dialog / f"{turn}.wav"),
+                "path": str(wav),
                 "arousal": float(match["a"]), "valence": float(match["v"]),
                 "dominance": float(match["d"]), "split": split,
                 "speaker": f"Ses{session:02d}{turn.split('_')[-1][0]}",  # F or M of the turn
-                "duration": float(match["end"]) - float(match["start"]),
+                "duration": duration_or_nan(str(wav)),  # the header's, not the turn's times
                 "label_min": 1.0, "label_max": 5.0,
             })
     if not rows:

@@ -57,6 +57,30 @@ def setup(device: str) -> tuple[Context, str]:
     return ctx, device
 
 
+# what gloo and NCCL say when another process of the group went away
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer",
+             "NCCL communicator was aborted", "Broken pipe")
+
+
+class PeerLost(RuntimeError):
+    """Another process of a distributed run stopped; the message says what to do."""
+
+
+@contextmanager
+def peers_watched() -> Iterator[None]:
+    """Turn the process group's raw error for a vanished peer (a rank killed or crashed) into
+    one message that says what happened and how to go on."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not (context().distributed and any(text in str(error) for text in PEER_GONE)):
+            raise
+        raise PeerLost(f"rank {context().rank}: another process of this run stopped (killed, "
+                       "or crashed: its own output says why), so this one cannot go on; start "
+                       "every process again, with --resume if the run had --checkpoint-dir "
+                       "(it goes on from the last finished epoch)") from error
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -5,8 +5,10 @@ these inputs, else compute and save it").
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -17,6 +19,23 @@ from .paths import shown
 
 class OutputPathError(OSError):
     """A place results cannot be written to; the message names it and what to do."""
+
+
+class DiskSpaceError(OSError):
+    """Too little free disk space for what is being written; the message says how much is
+    needed (or was free) where, and what to do."""
+
+
+FULL_DISK_FREE = 2**20  # a write that fails with less than this free ran out of disk space
+
+
+def ran_out_of_space(error: BaseException, folder: Path) -> bool:
+    """Whether ``error`` is a full disk: the operating system says so (ENOSPC), or a library
+    that hides the reason (``torch.save``: "unexpected pos") failed on a disk with next to
+    nothing free."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return shutil.disk_usage(folder).free < FULL_DISK_FREE
 
 
 def check_writable(folder: str | Path, what: str = "results root") -> Path:
@@ -59,6 +78,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         write(temporary)
         os.replace(temporary, path)
+    except Exception as error:
+        if not ran_out_of_space(error, path.parent):
+            raise
+        temporary.unlink(missing_ok=True)
+        kept = f"; the earlier {path.name} is unchanged" if path.exists() else ""
+        raise DiskSpaceError(
+            f"the disk ran out of space while writing {shown(path)} "
+            f"({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free once the unfinished "
+            f"file was removed){kept}; free some space, or point the results root "
+            "(--results-root, RESULTS_DIR) or --checkpoint-dir at a larger disk, and run the "
+            "same command again") from error
     finally:
         temporary.unlink(missing_ok=True)
     return path

@@ -21,6 +21,7 @@ from .constants import DIMENSIONS, SPLITS
 from .fingerprints import digest, file_stamp
 from .paths import SAMPLE_DIR
 
+DURATION_TOLERANCE = 0.05  # seconds a declared duration may differ from the file's (rounding)
 MANIFEST_COLUMNS = ("path", *DIMENSIONS, "split", "speaker", "duration", "label_min", "label_max")
 MAX_PROBLEMS_SHOWN = 30
 
@@ -105,7 +106,7 @@ def manifest_problems(manifest: pd.DataFrame, check_audio: bool = True) -> list[
         if item["split"] not in SPLITS:
             problems.append(f"{where}: split {item['split']!r} is not one of {list(SPLITS)}")
         if check_audio:
-            problems += _audio_problems(where, item["path"])
+            problems += _audio_problems(where, item["path"], item["duration"])
     for path in manifest.loc[manifest["path"].duplicated(), "path"].unique():
         rows = manifest.index[manifest["path"] == path].tolist()
         problems.append(f"rows {rows}: the file {path} is listed more than once; keep one row")
@@ -141,8 +142,10 @@ def _number_problems(where: str, item: pd.Series) -> list[str]:
     return problems
 
 
-def _audio_problems(where: str, path: str) -> list[str]:
-    """Problems visible from the file header alone (cheap enough for every row)."""
+def _audio_problems(where: str, path: str, duration: object) -> list[str]:
+    """Problems visible from the file header alone (cheap enough for every row), the declared
+    duration included: batches are planned and stores sized from it, so a wrong one would
+    fail much later, far from its row."""
     if not Path(path).is_file():
         return [f"{where}: audio file not found"]
     try:
@@ -151,6 +154,14 @@ def _audio_problems(where: str, path: str) -> list[str]:
         return [f"{where}: unreadable or corrupt audio ({error})"]
     if info.duration < MIN_SECONDS:
         return [f"{where}: {info.duration:.3f} s long, below the {MIN_SECONDS} s minimum"]
+    try:
+        declared = float(duration)
+    except (TypeError, ValueError):
+        return []  # reported by _number_problems
+    if abs(declared - info.duration) > max(DURATION_TOLERANCE, 0.01 * info.duration):
+        return [f"{where}: duration={duration} but the file is {info.duration:.2f} s long; "
+                "correct it, or drop the duration column to read every duration from the "
+                "audio headers"]
     return []
 
 

@@ -99,6 +99,21 @@ class TimingResult(Record):
     trained_mib: float | None = None  # what the method changed: all to ship beside the backbone
 
 
+# what the bench's tables read from each kind of record (``mode``)
+TABLE_FIELDS = {
+    "train": ("method", "seed", "lr", "trainable_params", "seconds_per_epoch",
+              "dev_ccc", "test_ccc_mean", "test_ccc_arousal", "test_ccc_valence",
+              "test_ccc_dominance"),
+    "timing": ("method", "trainable_params", "seconds_per_step")}
+
+
+def missing_fields(record: dict) -> list[str]:
+    """The fields the bench's tables read that ``record`` lacks (a hand-edited or foreign
+    line in a results file)."""
+    return [name for name in TABLE_FIELDS.get(record.get("mode", "train"), ())
+            if record.get(name) is None]
+
+
 # column -> display name (unit): the one place tables and figures take their labels from
 COLUMNS = {
     "method": "method", "lr": "lr", "seconds_per_epoch": "s/epoch",

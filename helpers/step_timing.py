@@ -135,7 +135,8 @@ def training_step(model: nn.Module, batch: dict, precision: str, device: str, lr
     scaler = make_scaler(precision, torch.device(device))
 
     def step() -> None:
-        loss, _ = train_step(model, batch, optimizer, scaler, precision, torch.device(device))
+        loss, *_ = train_step(model, batch, optimizer, scaler, precision,
+                              torch.device(device))
         if losses is not None:
             losses.append(loss)
     return step

@@ -25,16 +25,14 @@ from typing import Callable, Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
+from .files import DiskSpaceError
+
 INDEX, DATA = "index.json", "data.bin"
 DISK_MARGIN = 64 * 2**20  # bytes left free beyond the store itself
 
 
 class StaleStoreError(RuntimeError):
     """A store built for other inputs than the ones asked for."""
-
-
-class DiskSpaceError(OSError):
-    """Too little free disk space for a store; the message says how much is needed where."""
 
 
 @dataclass

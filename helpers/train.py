@@ -93,11 +93,12 @@ def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
 
 
 def train_step(model: nn.Module, batch: dict, optimizer, scaler, precision: str,
-               device: torch.device, max_grad_norm: float = 1.0) -> tuple[torch.Tensor,
-                                                                          torch.Tensor]:
-    """One optimisation step, without waiting for the device: returns the loss and whether
-    the step was skipped (a non-finite loss or gradient: an fp16 overflow, or divergence), both
-    as tensors on the device, to be read back every few steps rather than every step.
+               device: torch.device, max_grad_norm: float = 1.0
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step, without waiting for the device: returns the loss, whether the
+    step was skipped (a non-finite loss or gradient: an fp16 overflow, or divergence) and the
+    gradient's norm before clipping, all as tensors on the device, to be read back every few
+    steps rather than every step.
 
     A skipped step leaves the weights and the optimizer's state untouched: the fused AdamW
     kernel reads the ``found_inf`` flag on the device, as it does under a GradScaler.
@@ -118,7 +119,7 @@ def train_step(model: nn.Module, batch: dict, optimizer, scaler, precision: str,
         optimizer.step()
         del optimizer.found_inf
     scaler.update()
-    return loss.detach(), skipped
+    return loss.detach(), skipped, grad_norm.detach()
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scaler,
@@ -134,6 +135,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, 
     model.train()
     loss_sum = torch.zeros((), device=device)
     skipped = torch.zeros((), device=device, dtype=torch.long)
+    without_gradient = torch.zeros((), device=device, dtype=torch.long)
     steps, clips, waited = 0, 0, 0.0
     synchronize(device)
     start = time.perf_counter()
@@ -144,10 +146,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, 
         waited += time.perf_counter() - fetch
         if batch is None:
             break
-        loss, step_skipped = train_step(model, batch, optimizer, scaler, precision, device,
-                                         config.max_grad_norm)
+        loss, step_skipped, grad_norm = train_step(model, batch, optimizer, scaler,
+                                                   precision, device, config.max_grad_norm)
         loss_sum += torch.where(step_skipped, 0.0, loss)
         skipped += step_skipped
+        without_gradient += grad_norm == 0
         scheduler.step()
         steps += 1
         clips += len(batch["labels"])
@@ -157,9 +160,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, 
                 progress.set_postfix(loss=f"{(loss_sum / max(steps - int(skipped), 1)).item():.3f}")
     synchronize(device)
     seconds = time.perf_counter() - start
-    loss_total, skipped, steps, clips = (distributed.sum_over_ranks(x) for x in
-                                         (float(loss_sum), int(skipped), steps, clips))
+    loss_total, skipped, zero, steps, clips = (
+        distributed.sum_over_ranks(x) for x in
+        (float(loss_sum), int(skipped), int(without_gradient), steps, clips))
     return {"train_loss": loss_total / max(steps - skipped, 1), "skipped_steps": skipped,
+            "steps_without_gradient": zero,
             "steps": steps, "clips": clips, "seconds": seconds, "data_wait_seconds": waited,
             "compute_seconds": seconds - waited}
 
@@ -224,13 +229,28 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
         if on_epoch_end is not None:
             on_epoch_end(record)
     progress.close()
-    steps = sum(record["steps"] for record in result.history)
-    if steps and result.skipped_steps == steps:
+    check_trained(result.history)
+    load_trainable_state(model, best_state)
+    return result
+
+
+def check_trained(history: list[dict]) -> None:
+    """Raise ``TrainingFailed`` for a run that never learned: every step skipped (non-finite),
+    or every step without a gradient (the loss stuck at its starting value: a CCC over one
+    clip, or over clips with equal predictions, has no gradient)."""
+    steps = sum(record["steps"] for record in history)
+    if not steps:
+        return
+    if sum(record["skipped_steps"] for record in history) == steps:
         raise TrainingFailed(f"every one of the {steps} training steps had a non-finite loss "
                              "or gradient, so the model never trained; lower the learning "
                              "rate, or use bf16 rather than fp16")
-    load_trainable_state(model, best_state)
-    return result
+    if sum(record.get("steps_without_gradient", 0) for record in history) == steps:
+        losses = ", ".join(f"{record['train_loss']:.3f}" for record in history)
+        raise TrainingFailed(f"all {steps} training steps had a zero gradient "
+                             f"(train loss per epoch: {losses}), so the model never learned; a "
+                             "batch of one clip has no CCC gradient: raise max_batch_seconds "
+                             "(--max-batch-seconds) or add training clips")
 
 
 def planned_steps(loader: DataLoader, num_epochs: int) -> int:

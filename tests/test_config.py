@@ -25,7 +25,7 @@ from helpers.tools.run_notebooks import series
 def cli_defaults(command: str) -> dict:
     """Every option of a generated command with the default the parser gives it."""
     args = vars(parser().parse_args([command]))
-    return {k: v for k, v in args.items() if k not in ("command", "function", "out")}
+    return {k: v for k, v in args.items() if k not in ("command", "function", "out", "dry_run")}
 
 
 @pytest.mark.parametrize("command, dtypes", [("train", (RunConfig,)),

@@ -132,7 +132,7 @@ def test_the_step_equals_the_step_before_it_stopped_syncing():
         seed_everything(1)
         old_loss = reference_step(old, batch, old_optimizer)
         seed_everything(1)
-        new_loss, skipped = train_step(new, batch, new_optimizer, scaler, "fp32",
+        new_loss, skipped, _ = train_step(new, batch, new_optimizer, scaler, "fp32",
                                        torch.device("cpu"))
         assert float(new_loss) == old_loss and not bool(skipped)
     for (name, a), b in zip(old.state_dict().items(), new.state_dict().values()):
@@ -146,7 +146,7 @@ def test_a_non_finite_step_is_skipped_and_counted_without_touching_the_weights()
     model = tone_model()
     optimizer = make_optimizer(model, 1e-3, 0.01)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    loss, skipped = train_step(model, batch, optimizer, make_scaler("fp32", torch.device("cpu")),
+    loss, skipped, _ = train_step(model, batch, optimizer, make_scaler("fp32", torch.device("cpu")),
                                "fp32", torch.device("cpu"))
     assert bool(skipped) and not torch.isfinite(loss)
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())

@@ -25,6 +25,7 @@ from ..fingerprints import run_fingerprint, timing_fingerprint
 from ..manifests import data_fingerprint
 from ..methods import check_fits, fitting, parse_method, timing_grid, training_grid
 from ..plots import tradeoff_figure
+from ..results import missing_fields
 from ..tables import chosen_learning_rates, lr_search_table, methods_to_search, summary_table
 from .loader_bench import loader_bench
 from .processes import RunFailed, run_in_subprocess, stop_running
@@ -64,6 +65,19 @@ def record_key(record: dict) -> tuple:
     return record.get("fingerprint"), record.get("round", 0)
 
 
+def check_record(record: dict, source: Path) -> None:
+    """Refuse to resume from a record that lacks what the bench's tables read (a hand-edited
+    line), naming it and what to do; a line without a fingerprint is never reused, and is
+    kept as it is."""
+    missing = missing_fields(record)
+    if missing and record.get("fingerprint"):
+        raise ValueError(
+            f"{source}: the record of {record.get('method', '?')} (seed {record.get('seed', '?')}"
+            f", lr {record.get('lr', '?')}, fingerprint {str(record.get('fingerprint'))[:12]}) "
+            f"has no {', '.join(missing)}; restore the line, or delete it so that --resume runs "
+            "that run again")
+
+
 class GridRunner:
     """Runs jobs ``jobs`` at a time, each in its own process, appending each record to the
     partial file as it finishes; ``finish`` merges the grid's records into the results file.
@@ -76,8 +90,10 @@ class GridRunner:
         self.threads = max(1, cpu_count() // jobs) if jobs > 1 else None
         self.done: dict[tuple, dict] = {}
         if resume:
-            for record in read_records(path) + read_records(self.partial):
-                self.done[record_key(record)] = record
+            for source in (path, self.partial):
+                for record in read_records(source):
+                    check_record(record, source)
+                    self.done[record_key(record)] = record
             print(f"resuming: {len(self.done)} finished runs in {path.name} and "
                   f"{self.partial.name}")
         else:
@@ -167,6 +183,29 @@ def timing_bench(timing: TimingConfig, grid: BenchGrid, methods: list[str],
                        for round_ in range(grid.repeats) for m in methods])
 
 
+def grid_plan(settings: RunConfig, timing: TimingConfig,
+              grid: BenchGrid) -> tuple[str, list[str], str]:
+    """The backbone, the methods (each checked against it) and the results file's stem of a
+    training or timing grid."""
+    backbone = timing.backbone if grid.timing_only else settings.backbone
+    methods = grid.method_names or fitting(
+        timing_grid() if grid.timing_only else training_grid(), backbone_config(backbone))
+    check_methods(methods, backbone)
+    if not grid.method_names and not bf16_is_fast(settings.device):
+        print(f"bf16 is emulated on this {settings.device} (no native bf16): skipping +bf16 "
+              "methods")
+        methods = [m for m in methods if not parse_method(m).needs_native_bf16]
+    return backbone, methods, grid_plan_stem(backbone, timing, grid)
+
+
+def grid_plan_stem(backbone: str, timing: TimingConfig, grid: BenchGrid) -> str:
+    """The results file's name (without .jsonl) of a training or timing grid."""
+    if not grid.timing_only:
+        return "bench"
+    phase = "" if timing.phase == "train" else f"-{timing.phase}"
+    return f"timing-{backbone.replace(':', '-').replace('/', '-')}{phase}"
+
+
 def bench(settings: RunConfig, timing: TimingConfig, grid: BenchGrid) -> None:
     """Run the grid, each run in its own process; write JSON lines, a summary and a figure.
 
@@ -178,17 +217,7 @@ def bench(settings: RunConfig, timing: TimingConfig, grid: BenchGrid) -> None:
     out_dir = Path(settings.results_root)
     if grid.loader_only:
         return loader_bench(settings, out_dir)
-    backbone = timing.backbone if grid.timing_only else settings.backbone
-    methods = grid.method_names or fitting(
-        timing_grid() if grid.timing_only else training_grid(), backbone_config(backbone))
-    check_methods(methods, backbone)
-    if not grid.method_names and not bf16_is_fast(settings.device):
-        print(f"bf16 is emulated on this {settings.device} (no native bf16): skipping +bf16 "
-              "methods")
-        methods = [m for m in methods if not parse_method(m).needs_native_bf16]
-    phase = "" if timing.phase == "train" else f"-{timing.phase}"
-    stem = f"timing-{backbone.replace(':', '-').replace('/', '-')}{phase}" if grid.timing_only \
-        else "bench"
+    backbone, methods, stem = grid_plan(settings, timing, grid)
     runner = GridRunner(out_dir / f"{stem}.jsonl", grid.jobs, settings.resume)
     records = runner.finish(timing_bench(timing, grid, methods, runner) if grid.timing_only
                             else training_bench(settings, grid, methods, runner, out_dir))
