@@ -254,10 +254,21 @@ def layer_choice_explorer(inputs: Callable[[str, int, float], dict], start: int 
                                description="clip (s)", continuous_update=False)
     output = widgets.Output()
 
+    def fresh(old, value, total):
+        # a new slider drawn with this range: the frontend's End key (noUiSlider) keeps the max
+        # a slider was first drawn with, whatever max is set later
+        new = widgets.IntSlider(value=value, min=1, max=total, description=old.description,
+                                style=old.style, continuous_update=False)
+        new.observe(redraw, names="value")
+        old.close()
+        return new
+
     def new_backbone(_=None):
+        nonlocal keep, layers
         total = backbone_config(BACKBONE_CHOICES[backbone.value]).num_hidden_layers
-        with keep.hold_trait_notifications():
-            keep.max, keep.value = total, total  # unpruned at first
+        keep = fresh(keep, total, total)  # unpruned at first
+        layers = fresh(layers, min(layers.value, total), total)
+        knobs.children, sliders.children = (backbone, keep), (layers, batch, clip)
         redraw()
 
     def redraw(_=None):
@@ -274,9 +285,9 @@ def layer_choice_explorer(inputs: Callable[[str, int, float], dict], start: int 
     backbone.observe(new_backbone, names="value")
     for control in (keep, layers, batch, clip):
         control.observe(redraw, names="value")
+    knobs, sliders = widgets.HBox(), widgets.HBox()
     new_backbone()
-    return widgets.VBox([widgets.HBox([backbone, keep]), widgets.HBox([layers, batch, clip]),
-                         output])
+    return widgets.VBox([knobs, sliders, output])
 
 
 def layer_choice_summary(chosen: dict, n: int) -> pd.DataFrame:
