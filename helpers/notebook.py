@@ -91,7 +91,8 @@ def train(method: str, settings: RunConfig, manifest: pd.DataFrame,
     """Train ``method`` with the notebook's ``settings`` on ``manifest``, at ``lr`` or else at
     the learning rate the bench chose for it on dev; or load the saved result of exactly this
     run (see ``run_or_load``)."""
-    config = settings.with_(method=method, lr=lr or bench_learning_rate(method), progress=False)
+    config = settings.with_(method=method, progress=False,
+                            lr=lr or bench_learning_rate(method, settings.backbone))
     return run_or_load(config, manifest)
 
 
@@ -110,10 +111,22 @@ def relative_paths(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(path=table["path"].map(shown))
 
 
-def bench_learning_rate(method: str, default: float = RunConfig.lr) -> float:
-    """The peak learning rate ``make bench`` chose for ``method`` on dev, or ``default`` (the
-    series' default rate) for a method the bench did not run."""
-    chosen = chosen_learning_rates(reference_results("bench", quiet=True), [method])
+def bench_learning_rate(method: str, backbone: str = "tiny",
+                        default: float = RunConfig.lr) -> float:
+    """The peak learning rate ``make bench`` chose for ``method`` on dev with ``backbone``, or
+    ``default`` (the series' default rate) for a method the bench did not run on it. A backbone
+    the bench never trained is refused with the rates to try: a rate chosen for the bundled
+    5 M model is no guide for a 95 M pretrained one."""
+    bench = reference_results("bench", quiet=True)
+    trained = bench[bench["backbone"] == backbone]
+    if trained.empty:
+        raise ValueError(
+            f"LR = None takes the rate the bench chose on dev, and the bench never trained "
+            f"{backbone}. Set LR in the parameters cell: for a pretrained base or large model "
+            "start from 5e-5 for full finetuning and 2e-4 for partial, LoRA, cached and the "
+            "adapter methods (docs/gpu.md); or let the bench choose on dev: python -m helpers "
+            f"bench --backbone {backbone} --methods \"{method}\" --lrs 2e-5,5e-5,1e-4,2e-4")
+    chosen = chosen_learning_rates(trained, [method])
     if method not in chosen:
         print(f"the bench did not run {method}: lr {default:g}")
     return chosen.get(method, default)

@@ -220,3 +220,15 @@ def test_every_option_of_train_says_what_it_does_once():
     assert "--no_progress, --no-progress\n" in text
     assert "the opposite of --progress (show progress bars)" in text
     assert "(default: never stop early) (default" not in " ".join(text.split())
+
+
+def test_lr_none_on_a_backbone_the_bench_never_trained_asks_for_a_rate(monkeypatch, tmp_path):
+    from helpers.notebook import bench_learning_rate, reference_results
+    from helpers.tables import chosen_learning_rates
+
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path))  # the reference bench: the tiny backbone
+    with pytest.raises(ValueError, match=r"the bench never trained random:hubert-base\. Set LR "
+                       r"in the parameters cell.*--lrs 2e-5"):
+        bench_learning_rate("full", "random:hubert-base")
+    chosen = chosen_learning_rates(reference_results("bench"), ["full"])["full"]
+    assert bench_learning_rate("full", "tiny") == chosen
