@@ -147,3 +147,13 @@ def gpu_timings() -> pd.DataFrame:
     print(f"GPU timings from {shown(paths[0].parent)}: {table['device'].iloc[0]}{dated}, code "
           f"version {', '.join(table['code_version'].unique())}, torch {table['torch'].iloc[0]}")
     return table
+
+
+def measured_steps() -> pd.DataFrame:
+    """Every timed training step on record: the CPU timing grids shipped in
+    ``results/reference/`` and this machine's, and the GPU's (``gpu_timings``)."""
+    local = Path(RunConfig().results_root)
+    paths = [*REFERENCE_DIR.glob("timing-*.jsonl"), *REFERENCE_DIR.glob("cpu-*/timing-*.jsonl"),
+             *local.glob("timing-*.jsonl")]
+    cpu = pd.DataFrame([r for path in paths for r in read_records(path)])
+    return pd.concat([cpu, gpu_timings()], ignore_index=True)

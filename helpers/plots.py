@@ -174,45 +174,64 @@ BACKBONE_CHOICES = {"bundled tiny": "tiny", "wav2vec2-base": "random:wav2vec2-ba
                     "wavlm-large": "random:wavlm-large"}
 
 
-def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None = None,
-                        accuracy: pd.DataFrame | None = None,
-                        seconds_per_gflop: float | None = None, title: str = "",
-                        inference_gflops: float | None = None, num_layers: int | None = None):
-    """Three views of training the top ``n`` of the layers kept (``len(costs)`` of the
+def layer_choice_figure(costs: pd.DataFrame, n: int, predicted: pd.DataFrame,
+                        measured: pd.DataFrame, devices: dict[str, str],
+                        probe: pd.DataFrame | None = None, accuracy: pd.DataFrame | None = None,
+                        title: str = "", inference_gflops: float | None = None,
+                        num_layers: int | None = None):
+    """Four views of training the top ``n`` of the layers kept (``len(costs)`` of the
     backbone's ``num_layers``), on fixed axes so that choices can be compared: what each layer
-    knows (probe CCC per layer, trained layers shaded, pruned ones greyed), the FLOPs of a
-    training step for every n (partial and cached), and the measured test CCC of partial(n).
+    knows (probe CCC per layer, trained layers shaded, pruned ones greyed), the predicted time
+    and peak memory of a training step for every n (partial and cached, on each device, with
+    the measured steps at this shape as crosses), and the measured test CCC of partial(n).
     """
     kept = len(costs)
     num_layers = num_layers or kept
-    figure, (know, cost, score) = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure, (know, time, memory, score) = plt.subplots(1, 4, figsize=(17, 3.8))
+    _knowledge_panel(know, probe, n, kept, num_layers)
+    for axes, unit, what in ((time, "s/step", "predicted s per training step"),
+                             (memory, "MiB", "predicted peak memory (MiB)")):
+        for column in [c for c in predicted if f" {unit} (" in c]:
+            kind, device = column.split()[0], column.split("(")[-1].rstrip(")")
+            axes.plot(predicted.index, predicted[column], "-" if kind == "partial" else "--",
+                      color=KINDS[kind].colour, alpha=1 if device == "CPU" else 0.55,
+                      marker="o" if device == "CPU" else "s", markersize=3,
+                      label=f"{kind}, {devices.get(device, device)}")
+            axes.plot([n], [predicted.at[n, column]], "o", markersize=10,
+                      markerfacecolor="none", markeredgecolor="black")
+        if len(measured):
+            axes.plot(measured["layers trained"], measured[unit], "x", color="black",
+                      label="measured at this shape")
+        axes.set(yscale="log", xlim=(0.5, kept + 0.5), xlabel="layers trained (n)",
+                 ylabel=what, title=f"what a step {'takes' if unit == 's/step' else 'needs'}")
+    time.legend(fontsize=7, loc="upper left")
+    _score_panel(score, accuracy, n, kept)
+    for axes in (know, time, memory, score):
+        axes.grid(alpha=0.3)
+    figure.suptitle(title or f"training the top {n} of {kept} layers", fontsize=11)
+    figure.tight_layout()
+    return figure
+
+
+def _knowledge_panel(know, probe: pd.DataFrame | None, n: int, kept: int,
+                     num_layers: int) -> None:
     if probe is not None:
         for dimension, line_colour in DIMENSION_COLOURS.items():
             know.plot(probe.index, probe[dimension], color=line_colour, marker="o",
                       markersize=3, label=dimension)
         know.legend(fontsize=7, loc="lower left")
     else:
-        know.text(0.5, 0.5, "no probe for this backbone\n(needs its pretrained weights:\n"
-                  "notebook 01 with BACKBONE set)", ha="center", va="center",
-                  transform=know.transAxes, fontsize=9)
+        know.text(0.5, 0.5, "probe shown for the bundled\nbackbone only (these are random\n"
+                  "weights); notebook 01 with\nBACKBONE = its Hub id probes it", ha="center",
+                  va="center", transform=know.transAxes, fontsize=9)
     know.axvspan(kept - n + 0.5, kept + 0.5, color="tab:orange", alpha=0.15, label="trained")
     if kept < num_layers:
         know.axvspan(kept + 0.5, num_layers + 0.5, color="grey", alpha=0.3, label="pruned")
     know.set(xlim=(-0.5, num_layers + 0.5), ylim=(0, 1), xlabel="layer output (0 = input "
              "to layer 1)", ylabel="probe test CCC", title="what each layer knows")
-    for column, style in (("partial GFLOP/step", "-"), ("cached GFLOP/step", "--")):
-        cost.plot(costs.index, costs[column], style, marker="o", markersize=3,
-                  label=column.split()[0], color=KINDS[column.split()[0]].colour)
-        cost.plot([n], [costs.at[n, column]], "o", markersize=11, markerfacecolor="none",
-                  markeredgecolor="black")
-    cost.set(xlim=(0.5, kept + 0.5), ylim=(0, costs.to_numpy().max() * 1.1),
-             xlabel="layers trained (n)", ylabel="GFLOP per training step",
-             title="what a step costs")
-    if seconds_per_gflop:
-        seconds = cost.secondary_yaxis("right", functions=(lambda g: g * seconds_per_gflop,
-                                                           lambda s: s / seconds_per_gflop))
-        seconds.set_ylabel("predicted s/step")
-    cost.legend(fontsize=8, loc="upper left")
+
+
+def _score_panel(score, accuracy: pd.DataFrame | None, n: int, kept: int) -> None:
     if accuracy is not None and len(accuracy):
         score.errorbar(accuracy.index, accuracy["ccc_mean"], yerr=accuracy["ccc_sd"].fillna(0),
                        marker="o", capsize=3, color=KINDS["partial"].colour)
@@ -220,15 +239,11 @@ def layer_choice_figure(costs: pd.DataFrame, n: int, probe: pd.DataFrame | None 
             score.plot([n], [accuracy.at[n, "ccc_mean"]], "o", markersize=11,
                        markerfacecolor="none", markeredgecolor="black")
     else:
-        score.text(0.5, 0.5, "not measured for this backbone\n(make bench with --backbone)",
-                   ha="center", va="center", transform=score.transAxes, fontsize=9)
+        score.text(0.5, 0.5, "scores shown for the bundled\nbackbone only; python -m helpers\n"
+                   "bench --backbone <its id>\nmeasures them", ha="center", va="center",
+                   transform=score.transAxes, fontsize=9)
     score.set(xlim=(0.5, kept + 0.5), ylim=(0, 1), xlabel="layers trained (n)",
               ylabel="test CCC (mean ± sd over seeds)", title="what it scores (bench)")
-    for axes in (know, cost, score):
-        axes.grid(alpha=0.3)
-    figure.suptitle(title or f"training the top {n} of {kept} layers", fontsize=11)
-    figure.tight_layout()
-    return figure
 
 
 def layer_choice_explorer(inputs: Callable[[str, int, float], dict], start: int = 3,
@@ -237,8 +252,8 @@ def layer_choice_explorer(inputs: Callable[[str, int, float], dict], start: int 
                           start_clip: float = RunConfig.max_clip_seconds):
     """Sliders over the backbone, the layers kept (prune(k)), the layers trained, the batch
     and the clip length; the figure (``layer_choice_figure``) redraws from
-    ``inputs(backbone, batch, clip, keep)``, which returns its costs, probe, accuracy and
-    seconds per GFLOP (counted or measured before)."""
+    ``inputs(backbone, batch, clip, keep)``, which returns what ``explorer_inputs`` does
+    (FLOPs counted, time and memory predicted, probe and scores measured before)."""
     # optional: the Jupyter stack is not installed on every machine that draws figures
     import ipywidgets as widgets
     from IPython.display import display
@@ -292,18 +307,21 @@ def layer_choice_explorer(inputs: Callable[[str, int, float], dict], start: int 
 
 def layer_choice_summary(chosen: dict, n: int) -> pd.DataFrame:
     """One row: the cost and (where measured) the score of training the top n layers."""
-    costs, row = chosen["costs"], {}
+    costs, predicted, row = chosen["costs"], chosen["predicted"], {}
     row["layers kept"] = len(costs)
-    row["partial GFLOP/step"] = round(costs.at[n, "partial GFLOP/step"], 1)
-    row["cached GFLOP/step"] = round(costs.at[n, "cached GFLOP/step"], 1)
+    row["trainable (M)"] = round(costs.at[n, "trainable params"] / 1e6, 1)
+    for kind in ("partial", "cached"):
+        row[f"{kind} GFLOP/step"] = round(costs.at[n, f"{kind} GFLOP/step"], 1)
     row["partial FLOPs / full's"] = \
         f"{costs.at[n, 'partial GFLOP/step'] / costs['partial GFLOP/step'].iloc[-1]:.0%}"
-    if chosen.get("seconds_per_gflop"):
-        row["predicted s/step"] = round(costs.at[n, "partial GFLOP/step"] *
-                                        chosen["seconds_per_gflop"], 3)
+    for column in predicted:
+        device = column.split("(")[-1].rstrip(")")
+        name = column.replace(f"({device})", f"({chosen['devices'][device].split(',')[0]})")
+        row[name] = (round(predicted.at[n, column], 3) if "s/step" in column
+                     else round(predicted.at[n, column]))
     if chosen.get("inference_gflops"):
         row["inference GFLOP/batch"] = round(chosen["inference_gflops"], 1)
     accuracy = chosen.get("accuracy")
     if accuracy is not None and n in accuracy.index:
         row["test CCC"] = round(accuracy.at[n, "ccc_mean"], 3)
-    return pd.DataFrame([row], index=[f"top {n}"])
+    return pd.DataFrame([row], index=[f"top {n}"]).T

@@ -96,6 +96,8 @@ def build_store(path: str | Path, key: str, items: Iterable[np.ndarray], max_row
         offsets, lengths = _write_items(partial / DATA, items, max_rows, width, dtype,
                                         desc, total, progress)
         meta = {**(meta or {}), "build_seconds": time.perf_counter() - start}
+        if not progress:  # no bar (a notebook): one line when it is done
+            print(f"{desc}: {len(lengths)} clips in {meta['build_seconds']:.0f} s", flush=True)
         index = {"key": key, "dtype": dtype, "width": width, "rows": sum(lengths),
                  "offsets": offsets, "lengths": lengths, "meta": meta}
         (partial / INDEX).write_text(json.dumps(index))

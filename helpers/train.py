@@ -223,6 +223,10 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
         if record["dev_mean"] > result.best_dev_ccc:
             result.best_epoch, result.best_dev_ccc = epoch, record["dev_mean"]
             best_state = trainable_state(model)
+        if ctx.is_main and not config.progress:  # no bar (a notebook): a line per epoch
+            print(f"epoch {epoch + 1}/{config.num_epochs}: train loss "
+                  f"{record['train_loss']:.3f}, dev CCC {record['dev_mean']:.3f} "
+                  f"({record['seconds']:.0f} s)", flush=True)
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, result, best_state, settings,
                   ctx)

@@ -98,7 +98,7 @@ def test_train_refuses_an_out_that_is_a_folder_before_training(tmp_path):
     assert "Traceback" not in finished.stderr and not (tmp_path / "results").exists()
 
 
-def test_a_run_whose_steps_all_lack_a_gradient_is_reported_as_never_learned():
+def test_a_run_whose_steps_all_lack_a_gradient_is_reported_as_never_learned(capsys):
     from functools import partial
 
     from torch.utils.data import DataLoader
@@ -115,6 +115,7 @@ def test_a_run_whose_steps_all_lack_a_gradient_is_reported_as_never_learned():
     with pytest.raises(TrainingFailed, match=r"all 8 training steps had a zero gradient \(train "
                        r"loss per epoch: 1\.000, 1\.000\).*batch of one clip"):
         fit(tone_model(), one_clip_batches, dev, config)
+    assert "epoch 2/2: train loss 1.000, dev CCC" in capsys.readouterr().out  # no bar: lines
 
 
 def test_a_declared_duration_that_disagrees_with_the_file_names_the_row(manifest_rows):
