@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 
 from .backbone import backbone_config
@@ -34,18 +35,36 @@ def tradeoff_figure(summary: pd.DataFrame, time_column: str = "seconds_per_epoch
         if "ccc_sd" in data and pd.notna(row["ccc_sd"]):
             axes.errorbar(row[time_column], row["ccc_mean"], yerr=row["ccc_sd"], fmt="none",
                           ecolor="grey", alpha=0.6)
-        axes.annotate(row["method"], (row[time_column], row["ccc_mean"]),
-                      textcoords="offset points", xytext=(7, 5), fontsize=8)
+    if limits is not None:
+        axes.set(xlim=limits[0], ylim=limits[1])
+    label_points(axes, data[time_column], data["ccc_mean"], data["method"])
     axes.set_xlabel(label(time_column))
     axes.set_ylabel("mean test CCC (arousal, valence, dominance)")
     axes.set_title(title or f"speed vs accuracy (marker area: {label(memory)})")
-    if limits is not None:
-        axes.set(xlim=limits[0], ylim=limits[1])
     axes.grid(alpha=0.3)
     figure.tight_layout()
     if path is not None:
         figure.savefig(path, dpi=120)
     return figure
+
+
+def label_points(axes, xs: pd.Series, ys: pd.Series, names: pd.Series,
+                 line_height: float = 11) -> None:
+    """Name each point beside it; a name that would cover one already placed moves up a line
+    at a time (in screen points), so that close methods stay readable."""
+    axes.autoscale_view()
+    to_points = 72 / axes.figure.dpi
+    placed = []  # (left, bottom, right) of each name, in points
+    for x, y, name in sorted(zip(xs, ys, names), key=lambda point: point[1]):
+        px, py = axes.transData.transform((x, y)) * to_points
+        width, rise = 5.0 * len(name), 5.0
+        while any(px < right and left < px + 7 + width and abs(py + rise - bottom) < line_height
+                  for left, bottom, right in placed):
+            rise += line_height
+        placed.append((px, py + rise, px + 7 + width))
+        axes.annotate(name, (x, y), textcoords="offset points", xytext=(7, rise), fontsize=8,
+                      arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5}
+                      if rise > 5 else None)
 
 
 def axis_limits(summary: pd.DataFrame, time_column: str) -> tuple[tuple, tuple]:
@@ -62,7 +81,7 @@ DIMENSION_COLOURS = {"arousal": "tab:red", "valence": "tab:blue", "dominance": "
 
 def layer_profile(probes: dict[str, pd.DataFrame], title: str = "what each layer knows"):
     """Probe CCC per layer and dimension; one line style per backbone (e.g. pretrained/random)."""
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure, axes = plt.subplots(figsize=(9, 4))
     for style, (backbone, table) in zip(["-", "--", ":"], probes.items()):
         for dimension, line_colour in DIMENSION_COLOURS.items():
             if dimension in table:
@@ -71,7 +90,7 @@ def layer_profile(probes: dict[str, pd.DataFrame], title: str = "what each layer
     axes.set_xlabel("layer (0 = input to the first transformer layer)")
     axes.set_ylabel("test CCC of a ridge probe")
     axes.set_title(title)
-    axes.legend(fontsize=7, ncol=2)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside, not over
     axes.grid(alpha=0.3)
     figure.tight_layout()
     return figure
@@ -88,6 +107,7 @@ def learning_curves(results: dict[str, Result]):
     ccc_axes.set(xlabel="epoch", ylabel="dev CCC (mean of A, V, D)")
     for axes in (loss_axes, ccc_axes):
         axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     ccc_axes.legend(fontsize=8)
     figure.tight_layout()
     return figure
