@@ -150,40 +150,49 @@ def cumulative_time(epoch_seconds: dict[str, float], build_seconds: dict[str, fl
     return figure
 
 
-def results_explorer(summary: pd.DataFrame, time_column: str = "seconds_per_epoch"):
-    """Filter the trade-off table and figure by method family and precision; the axes and
-    colours stay fixed, so that views can be compared."""
+def results_explorer(benches: dict[str, pd.DataFrame], time_column: str = "seconds_per_epoch"):
+    """Filter the trade-off table and figure of one bench (``benches``: name -> summary) by
+    method family and precision; within a bench the axes, colours and marker sizes stay fixed,
+    so that filtered views can be compared. Benches are shown one at a time: each was measured
+    on its own machine and batching, so their times are not comparable with each other."""
     # optional: the Jupyter stack is not installed on every machine that draws figures
     import ipywidgets as widgets
     from IPython.display import display
 
-    methods = {name: parse_method(name) for name in summary.index}
-    families = sorted({method.kind for method in methods.values()})
-    chosen = widgets.SelectMultiple(options=families, value=tuple(families),
-                                    description="methods")
+    bench = widgets.Dropdown(options=list(benches), description="bench")
+    chosen = widgets.SelectMultiple(description="methods")
     hint = widgets.Label("Ctrl-click (Cmd-click on a Mac) to choose several methods")
     precisions = widgets.Dropdown(options=["any", "fp32", "bf16"], value="any",
                                   description="precision")
-    output, limits = widgets.Output(), axis_limits(summary, time_column)
+    output = widgets.Output()
+
+    def new_bench(_=None):
+        families = sorted({parse_method(name).kind for name in benches[bench.value].index})
+        with chosen.hold_trait_notifications():
+            chosen.options, chosen.value = families, tuple(families)
+        redraw()
 
     def redraw(_=None):
+        summary = benches[bench.value]
         keep = [name for name in summary.index
-                if methods[name].kind in chosen.value
-                and precisions.value in ("any", methods[name].precision)]
+                if parse_method(name).kind in chosen.value
+                and precisions.value in ("any", parse_method(name).precision)]
         with output:
             output.clear_output(wait=True)
             if not keep:
                 print("no method matches these filters")
                 return
-            tradeoff_figure(summary.loc[keep], time_column, limits=limits,
+            tradeoff_figure(summary.loc[keep], time_column,
+                            limits=axis_limits(summary, time_column),
                             largest_memory=summary[memory_column(summary)].max())
             plt.show()
             display(readable(summary.loc[keep]))
 
+    bench.observe(new_bench, names="value")
     for control in (chosen, precisions):
         control.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([widgets.HBox([chosen, precisions]), hint, output])
+    new_bench()
+    return widgets.VBox([widgets.HBox([chosen, precisions, bench]), hint, output])
 
 
 # ------------------------------------------------------------------ choosing layers to train
