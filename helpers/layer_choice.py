@@ -38,8 +38,8 @@ from .tables import summary_table
 
 def stage_flops(config: PretrainedConfig, batch_size: int, clip_seconds: float) -> pd.DataFrame:
     """Forward and backward FLOPs and the parameters of each stage (CNN, projection, positional
-    conv, layer 0 ... L-1) for a batch of ``batch_size`` clips of ``clip_seconds``, counted on the meta device
-    in a training step where everything but the CNN trains."""
+    conv, layer 0 ... L-1) for a batch of ``batch_size`` clips of ``clip_seconds``, counted on
+    the meta device in a training step where everything but the CNN trains."""
     with torch.device("meta"):
         backbone = build_backbone(copy.deepcopy(config))
         audio = torch.zeros(batch_size, int(clip_seconds * SAMPLE_RATE))

@@ -199,7 +199,8 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
         raise ValueError("resume=True (--resume) needs checkpoint_dir (--checkpoint-dir): the "
                          "folder the interrupted run wrote its checkpoint to")
     if config.resume and resumable(checkpoint):
-        best_state = restore_checkpoint(checkpoint, model, optimizer, scheduler, scaler, result, settings)
+        best_state = restore_checkpoint(checkpoint, model, optimizer, scheduler, scaler, result,
+                                        settings)
     progress = tqdm(total=total_steps,
                     initial=sum(r["steps"] for r in result.history) // ctx.world_size,
                     desc="training", disable=not (config.progress and ctx.is_main),
@@ -228,8 +229,8 @@ def fit(model: nn.Module, train_loader: DataLoader, dev_loader: DataLoader,
                   f"{record['train_loss']:.3f}, dev CCC {record['dev_mean']:.3f} "
                   f"({record['seconds']:.0f} s)", flush=True)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, result, best_state, settings,
-                  ctx)
+            save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, result, best_state,
+                            settings, ctx)
         if on_epoch_end is not None:
             on_epoch_end(record)
     progress.close()
