@@ -354,3 +354,20 @@ def layer_choice_summary(chosen: dict, n: int) -> pd.DataFrame:
     if accuracy is not None and n in accuracy.index:
         row["test CCC"] = round(accuracy.at[n, "ccc_mean"], 3)
     return pd.DataFrame([row], index=[f"top {n}"]).T
+
+def precision_figure(steps: pd.DataFrame):
+    """Seconds per training step and peak memory of one method in each precision (rows of
+    ``steps``: timing records), one group of bars per batch size."""
+    steps = steps.assign(batch=steps["batch_size"].astype(str) + " x " +
+                         steps["clip_seconds"].map("{:g} s".format))
+    memory = memory_column(steps)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    for ax, column, title in ((axes[0], "seconds_per_step", "seconds per training step"),
+                              (axes[1], memory, label(memory))):
+        table = steps.pivot_table(index="batch", columns="method", values=column)
+        table.plot.bar(ax=ax, rot=0, width=0.8)
+        ax.set(xlabel="batch", ylabel=title, title=title)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
