@@ -168,8 +168,11 @@ def results_explorer(benches: dict[str, pd.DataFrame], time_column: str = "secon
 
     def new_bench(_=None):
         families = sorted({parse_method(name).kind for name in benches[bench.value].index})
-        with chosen.hold_trait_notifications():
-            chosen.options, chosen.value = families, tuple(families)
+        chosen.unobserve(redraw, names="value")  # one redraw for the new bench, not three
+        chosen.value = ()
+        chosen.options = families
+        chosen.value = tuple(families)
+        chosen.observe(redraw, names="value")
         redraw()
 
     def redraw(_=None):
