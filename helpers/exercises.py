@@ -22,7 +22,7 @@ import pandas as pd
 from .backbone import anatomy, backbone_config, load_backbone, random_twin
 from .constants import DIMENSIONS
 from .layer_choice import stage_flops
-from .methods import parse_method, prepare
+from .methods import Method, parse_method, prepare
 from .metrics import ccc
 from .model import EmotionRegressor
 from .notebook import gpu_timings, reference_results, saved_layer_probe, saved_prosodic_features
@@ -181,7 +181,7 @@ def _cnn_cost(full, full_cnn) -> dict:
           "count, in seed 0's train_loss list at each rate, the epochs above 0.9")
 def _stuck_epochs() -> dict:
     bench = reference_results("bench", quiet=True)
-    runs = bench[(bench.method == "full") & (bench.seed == 0)].set_index("lr")
+    runs = bench[bench.method.map(parse_method).eq(Method()) & (bench.seed == 0)].set_index("lr")
     return {name: sum(loss > 0.9 for loss in runs.at[lr, "train_loss"])
             for name, lr in (("epochs_at_5e4", 5e-4), ("epochs_at_1e3", 1e-3))}
 

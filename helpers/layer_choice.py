@@ -30,7 +30,7 @@ from transformers import PretrainedConfig
 
 from .backbone import backbone_config, blocks, build_backbone
 from .constants import SAMPLE_RATE
-from .methods import Method, layers_trained, parse_method
+from .methods import KINDS, Method, layers_trained, parse_method
 from .paths import BUNDLED_BACKBONE
 from .probes import load_probes
 from .tables import summary_table
@@ -154,7 +154,7 @@ def calibration_steps(timing: pd.DataFrame) -> pd.DataFrame:
     cached(n) (their precision and nothing else added), with a peak recorded."""
     def plain(name: str) -> bool:
         method = parse_method(name)
-        return method.kind in ("full", "partial", "cached") and method == Method(
+        return (method.spec.layer_sweep or method.spec.trains_on_cache) and method == Method(
             method.kind, method.number, precision=method.precision)
     steps = timing[(timing.get("phase", "train").fillna("train") == "train")
                    & timing["method"].map(plain)]
@@ -166,7 +166,7 @@ def fit_memory(steps: pd.DataFrame) -> np.ndarray:
     peaks of ``steps`` (relative error, least squares, none negative)."""
     shapes = [step_shape(row) for _, row in steps.iterrows()]
     terms = np.array([memory_terms(config, row["batch_size"], row["clip_seconds"], n,
-                                   method.kind != "cached")
+                                   not method.spec.trains_on_cache)
                       for (config, method, n), (_, row) in zip(shapes, steps.iterrows())])
     fixed = np.array([fixed_mib(row["total_params"], row["trainable_params"])
                       for _, row in steps.iterrows()])
@@ -193,6 +193,16 @@ def _costs(spec: str, batch_size: int, clip_seconds: float,
 
 
 # ----------------------------------------------------- what the explorer predicts, per device
+# the kinds that train the top n layers: on audio (partial) and on a layer cache (cached)
+TOP_LAYER_KINDS = [kind.name for kind in KINDS.values() if kind.counts_layers]
+
+
+def top_layer_kind(method: Method) -> str:
+    """Where a measured step sits among ``TOP_LAYER_KINDS`` (full: partial at n = L)."""
+    return next(kind for kind in TOP_LAYER_KINDS
+                if KINDS[kind].trains_on_cache == method.spec.trains_on_cache)
+
+
 PREDICTED_PRECISION = {"CPU": "fp32", "GPU": "bf16"}  # how each kind of device is used here
 
 
@@ -249,20 +259,21 @@ def device_models(timing: pd.DataFrame) -> dict[str, DeviceModel]:
 def predictions(spec: str, batch_size: int, clip_seconds: float, costs: pd.DataFrame,
                 models: dict[str, DeviceModel], keep: int | None = None) -> pd.DataFrame:
     """Predicted seconds per step and peak MiB of partial(n) and cached(n) for every n, on
-    each device of ``models`` (columns such as ``partial s/step (GPU)``)."""
+    each device of ``models``: one row per n, kind and device."""
     config = pruned_config(spec, keep)
-    columns = {}
+    fixed = fixed_mib(costs["total params"].to_numpy(), costs["trainable params"].to_numpy())
+    rows = []
     for label, model in models.items():
         rate, _ = model.rate(spec, batch_size * clip_seconds)
-        for kind in ("partial", "cached"):
-            if rate is not None:
-                columns[f"{kind} s/step ({label})"] = costs[f"{kind} GFLOP/step"] * rate
+        for kind in TOP_LAYER_KINDS:
             terms = np.array([memory_terms(config, batch_size, clip_seconds, n,
-                                           kind == "partial") for n in costs.index])
-            fixed = fixed_mib(costs["total params"].to_numpy(),
-                              costs["trainable params"].to_numpy())
-            columns[f"{kind} MiB ({label})"] = peak_mib(model.memory, fixed, terms)
-    return pd.DataFrame(columns, index=costs.index)
+                                           not KINDS[kind].trains_on_cache)
+                              for n in costs.index])
+            seconds = costs[f"{kind} GFLOP/step"] * rate if rate is not None else np.nan
+            rows.append(pd.DataFrame({"layers trained": costs.index, "kind": kind,
+                                      "device": label, "s/step": seconds,
+                                      "MiB": peak_mib(model.memory, fixed, terms)}))
+    return pd.concat(rows, ignore_index=True)
 
 
 def measured_points(spec: str, batch_size: int, clip_seconds: float,
@@ -276,8 +287,8 @@ def measured_points(spec: str, batch_size: int, clip_seconds: float,
         for _, step in steps.iterrows():
             config, method, n = step_shape(step)
             if (keep or config.num_hidden_layers) == config.num_hidden_layers:
-                rows.append({"layers trained": n, "kind": "cached" if method.kind == "cached"
-                             else "partial", "device": label,
+                rows.append({"layers trained": n, "kind": top_layer_kind(method),
+                             "device": label,
                              "s/step": step["seconds_per_step"], "MiB": step["peak_mib"]})
     return pd.DataFrame(rows, columns=["layers trained", "kind", "device", "s/step", "MiB"])
 

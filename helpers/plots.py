@@ -223,25 +223,27 @@ def layer_choice_figure(costs: pd.DataFrame, n: int, predicted: pd.DataFrame,
     _knowledge_panel(know, probe, n, kept, num_layers)
     for axes, unit, what in ((time, "s/step", "predicted s per training step"),
                              (memory, "MiB", "predicted peak memory (MiB)")):
-        for column in [c for c in predicted if f" {unit} (" in c]:
-            kind, device = column.split()[0], column.split("(")[-1].rstrip(")")
-            axes.plot(predicted.index, predicted[column], "-" if kind == "partial" else "--",
+        for (kind, device), line in predicted.groupby(["kind", "device"], sort=False):
+            axes.plot(line["layers trained"], line[unit],
+                      "--" if KINDS[kind].trains_on_cache else "-",
                       color=KINDS[kind].colour, alpha=1 if device == "CPU" else 0.55,
                       marker="o" if device == "CPU" else "s", markersize=3,
                       label=f"{kind}, {devices.get(device, device)}")
-            axes.plot([n], [predicted.at[n, column]], "o", markersize=10,
+            chosen = line[line["layers trained"] == n]
+            axes.plot(chosen["layers trained"], chosen[unit], "o", markersize=10,
                       markerfacecolor="none", markeredgecolor="black")
         if len(measured):
             axes.plot(measured["layers trained"], measured[unit], "x", color="black",
                       label="measured at this shape")
         axes.set(yscale="log", xlim=(0.5, kept + 0.5), xlabel="layers trained (n)",
                  ylabel=what, title=f"what a step {'takes' if unit == 's/step' else 'needs'}")
-    time.legend(fontsize=7, loc="upper left")
     _score_panel(score, accuracy, n, kept)
     for axes in (know, time, memory, score):
         axes.grid(alpha=0.3)
     figure.suptitle(title or f"training the top {n} of {kept} layers", fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    handles, names = time.get_legend_handles_labels()  # one legend for both middle panels
+    figure.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)
     return figure
 
 
@@ -342,15 +344,14 @@ def layer_choice_summary(chosen: dict, n: int) -> pd.DataFrame:
     costs, predicted, row = chosen["costs"], chosen["predicted"], {}
     row["layers kept"] = len(costs)
     row["trainable (M)"] = round(costs.at[n, "trainable params"] / 1e6, 1)
-    for kind in ("partial", "cached"):
-        row[f"{kind} GFLOP/step"] = round(costs.at[n, f"{kind} GFLOP/step"], 1)
+    for column in [c for c in costs if c.endswith("GFLOP/step")]:  # partial, cached
+        row[column] = round(costs.at[n, column], 1)
     row["partial FLOPs / full's"] = \
         f"{costs.at[n, 'partial GFLOP/step'] / costs['partial GFLOP/step'].iloc[-1]:.0%}"
-    for column in predicted:
-        device = column.split("(")[-1].rstrip(")")
-        name = column.replace(f"({device})", f"({chosen['devices'][device].split(',')[0]})")
-        row[name] = (round(predicted.at[n, column], 3) if "s/step" in column
-                     else round(predicted.at[n, column]))
+    row.update(chosen["devices"])  # which CPU and GPU the predictions stand for
+    for _, line in predicted[predicted["layers trained"] == n].iterrows():
+        row[f"{line['kind']} s/step ({line['device']})"] = round(line["s/step"], 3)
+        row[f"{line['kind']} MiB ({line['device']})"] = round(line["MiB"])
     if chosen.get("inference_gflops"):
         row["inference GFLOP/batch"] = round(chosen["inference_gflops"], 1)
     accuracy = chosen.get("accuracy")

@@ -99,12 +99,18 @@ def test_learning_rate_is_chosen_on_dev_and_mixed_precision_inherits_it():
     assert summary.at["full+bf16", "seeds"] == 1 and summary.at["full+bf16", "ccc_mean"] == 0.7
 
 
+def finished(job: Job) -> dict:
+    """The record of a timed run, with every field the bench's tables read."""
+    return {"method": job.label, "fingerprint": job.fingerprint, "mode": "timing",
+            "trainable_params": 1, "seconds_per_step": 0.1}
+
+
 def test_an_interrupted_bench_resumes_without_rerunning_finished_runs(tmp_path, monkeypatch):
     ran = []
 
     def run_one(runner, job):
         ran.append(job.label)
-        return {"method": job.label, "fingerprint": job.fingerprint}
+        return finished(job)
 
     monkeypatch.setattr(GridRunner, "run_one", run_one)
     path = tmp_path / "bench.jsonl"
@@ -122,8 +128,7 @@ def test_an_interrupted_bench_resumes_without_rerunning_finished_runs(tmp_path, 
 
 
 def test_a_second_bench_adds_to_the_results_and_drops_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(GridRunner, "run_one",
-                        lambda runner, job: {"method": job.label, "fingerprint": job.fingerprint})
+    monkeypatch.setattr(GridRunner, "run_one", lambda runner, job: finished(job))
     path = tmp_path / "bench.jsonl"
     first, second = Job("run", {}, "print-a", label="a"), Job("run", {}, "print-b", label="b")
     runner = GridRunner(path)
