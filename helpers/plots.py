@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 import matplotlib.pyplot as plt
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 import pandas as pd
 
@@ -37,34 +38,45 @@ def tradeoff_figure(summary: pd.DataFrame, time_column: str = "seconds_per_epoch
                           ecolor="grey", alpha=0.6)
     if limits is not None:
         axes.set(xlim=limits[0], ylim=limits[1])
-    label_points(axes, data[time_column], data["ccc_mean"], data["method"])
     axes.set_xlabel(label(time_column))
     axes.set_ylabel("mean test CCC (arousal, valence, dominance)")
     axes.set_title(title or f"speed vs accuracy (marker area: {label(memory)})")
     axes.grid(alpha=0.3)
     figure.tight_layout()
+    label_points(axes, data[time_column], data["ccc_mean"], data["method"])  # on the final axes
     if path is not None:
         figure.savefig(path, dpi=120)
     return figure
 
 
 def label_points(axes, xs: pd.Series, ys: pd.Series, names: pd.Series,
-                 line_height: float = 11) -> None:
+                 line_height: float = 10) -> None:
     """Name each point beside it; a name that would cover one already placed moves up a line
-    at a time (in screen points), so that close methods stay readable."""
+    at a time (measured as drawn), with a thin line back to its point, so that close methods
+    stay readable."""
     axes.autoscale_view()
-    to_points = 72 / axes.figure.dpi
-    placed = []  # (left, bottom, right) of each name, in points
+    renderer = axes.figure.canvas.get_renderer()
+    placed = []
     for x, y, name in sorted(zip(xs, ys, names), key=lambda point: point[1]):
-        px, py = axes.transData.transform((x, y)) * to_points
-        width, rise = 5.0 * len(name), 5.0
-        while any(px < right and left < px + 7 + width and abs(py + rise - bottom) < line_height
-                  for left, bottom, right in placed):
+        rise = 5.0
+        text = axes.annotate(name, (x, y), textcoords="offset points", xytext=(7, rise),
+                             fontsize=8)
+        while any(text_box(text, renderer).overlaps(box) for box in placed) \
+                and rise < 20 * line_height:
             rise += line_height
-        placed.append((px, py + rise, px + 7 + width))
-        axes.annotate(name, (x, y), textcoords="offset points", xytext=(7, rise), fontsize=8,
-                      arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5}
-                      if rise > 5 else None)
+            text.xyann = (7, rise)
+        if rise > 5:  # drawn again with a line back to its point
+            text.remove()
+            text = axes.annotate(name, (x, y), textcoords="offset points", xytext=(7, rise),
+                                 fontsize=8, arrowprops={"arrowstyle": "-", "color": "grey",
+                                                         "lw": 0.5})
+        placed.append(text_box(text, renderer))
+
+
+def text_box(annotation, renderer):
+    """Where a name is drawn, leaving out the line back to its point."""
+    annotation.update_positions(renderer)  # its offset from the point, as drawn
+    return Text.get_window_extent(annotation, renderer)
 
 
 def axis_limits(summary: pd.DataFrame, time_column: str) -> tuple[tuple, tuple]:

@@ -68,18 +68,6 @@ def data_line(spec: str) -> str:
     return f"{spec}: " + ", ".join(f"{split} {count}" for split, count in counts.items())
 
 
-def device_here(device: str) -> bool:
-    try:
-        resolve_device(device)
-        return True
-    except ValueError:
-        return False
-
-
-def device_line(device: str) -> str:
-    return resolve_device(device) if device_here(device) else f"{device}: not on this machine"
-
-
 def method_line(name: str, backbone: str) -> str:
     method = parse_method(name)
     if backbone_here(backbone):
