@@ -374,7 +374,7 @@ def layer_choice_summary(chosen: dict, n: int) -> pd.DataFrame:
 def precision_figure(steps: pd.DataFrame):
     """Seconds per training step and peak memory of one method in each precision (rows of
     ``steps``: timing records), one group of bars per batch size."""
-    steps = steps.assign(batch=steps["batch_size"].astype(str) + " x " +
+    steps = steps.assign(batch=steps["batch_size"].astype(int).astype(str) + " x " +
                          steps["clip_seconds"].map("{:g} s".format))
     memory = memory_column(steps)
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.4))

@@ -37,11 +37,15 @@ def kernel_env(tmp_path_factory) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")])}
 
 
+# a SMOKE cell takes seconds (15 s at most here): one without a reply in 60 s met the rare
+# unanswered request (see ``execute``), and the notebook runs once more in a fresh kernel
+SMOKE_CELL_TIMEOUT = 60
+
+
 @pytest.mark.parametrize("notebook", series(), ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(notebook, kernel_env):
-    # a SMOKE cell takes seconds: a cell without a reply in 150 s met the rare unanswered
-    # request (see ``execute``) and is run once more in a fresh kernel
-    executed = execute(notebook, timeout=150, env=kernel_env, attempts=2)  # a failing cell raises
+    executed = execute(notebook, timeout=SMOKE_CELL_TIMEOUT, env=kernel_env,
+                       attempts=2)  # a failing cell raises
     code = [cell for cell in executed.cells if cell.cell_type == "code"]
     assert all(cell.get("execution_count") for cell in code)
 
