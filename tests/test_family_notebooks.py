@@ -27,7 +27,7 @@ def test_a_notebook_runs_with_another_backbone_family(notebook, family_folder, t
            "LR": "2e-4",  # the bench chose no rate for this backbone: LR = None would stop
            "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")])}
-    executed = execute(NOTEBOOK_DIR / f"{notebook}.ipynb", timeout=SMOKE_CELL_TIMEOUT, env=env,
-                       attempts=2)
+    executed = execute(NOTEBOOK_DIR / f"{notebook}.ipynb", timeout=SMOKE_CELL_TIMEOUT,
+                       env=env, attempts=2)
     assert all(cell.get("execution_count") for cell in executed.cells
                if cell.cell_type == "code")
