@@ -220,14 +220,25 @@ class DeviceModel:
     steps: pd.DataFrame
 
     def rate(self, spec: str, audio_seconds: float) -> tuple[float | None, str]:
-        """Seconds per GFLOP for ``spec`` at the measured batch nearest ``audio_seconds`` of
-        audio (a GPU is less efficient on small batches): its own, else wav2vec2-base's."""
-        for backbone in (spec, "random:wav2vec2-base"):
-            if backbone in self.rates:
-                rates = self.rates[backbone]
-                nearest = np.abs(np.log(rates.index.to_numpy() / audio_seconds)).argmin()
-                return float(rates.iloc[nearest]), backbone
-        return None, ""
+        """Seconds per GFLOP for ``spec`` with ``audio_seconds`` of audio per batch: its own
+        rate at its measured batch nearest that, else wav2vec2-base's; moved to this batch by
+        how wav2vec2-base's own rate changes between the two (a GPU is less efficient on
+        small batches, and base was measured at more of them)."""
+        reference = "random:wav2vec2-base"
+        source = spec if spec in self.rates else reference
+        if source not in self.rates:
+            return None, ""
+        measured_at, rate = nearest(self.rates[source], audio_seconds)
+        if source != reference and reference in self.rates:
+            base = self.rates[reference]
+            rate *= nearest(base, audio_seconds)[1] / nearest(base, measured_at)[1]
+        return rate, source
+
+
+def nearest(rates: pd.Series, audio_seconds: float) -> tuple[float, float]:
+    """The measured batch (audio seconds) nearest ``audio_seconds``, and its rate."""
+    at = rates.index[np.abs(np.log(rates.index.to_numpy() / audio_seconds)).argmin()]
+    return float(at), float(rates[at])
 
 
 def device_models(timing: pd.DataFrame) -> dict[str, DeviceModel]:
