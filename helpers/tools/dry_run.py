@@ -68,10 +68,11 @@ def data_line(spec: str) -> str:
     return f"{spec}: " + ", ".join(f"{split} {count}" for split, count in counts.items())
 
 
-def method_line(name: str, backbone: str) -> str:
+def method_line(name: str, architecture=None) -> str:
+    """The parsed method, checked against ``architecture`` (a backbone config) when given."""
     method = parse_method(name)
-    if backbone_here(backbone):
-        check_fits(method, backbone_config(backbone))
+    if architecture is not None:
+        check_fits(method, architecture)
     return f"{method.name} ({method.kind}, {method.precision})"
 
 
@@ -79,7 +80,8 @@ def plan_train(config: RunConfig, out: str | None) -> list[str]:
     check_writable(config.results_root)
     if out:
         check_output_file(out)
-    return [f"method: {method_line(config.method, config.backbone)}",
+    architecture = backbone_config(config.backbone) if backbone_here(config.backbone) else None
+    return [f"method: {method_line(config.method, architecture)}",
             f"backbone: {backbone_line(config.backbone)}", f"data: {data_line(config.data)}",
             f"training: {config.num_epochs} epochs at lr {config.lr:g}, batches of "
             f"{config.max_batch_seconds:g} s of audio, crops of {config.max_clip_seconds:g} s, "
@@ -102,7 +104,8 @@ def plan_bench(settings: RunConfig, timing: TimingConfig, grid: BenchGrid) -> li
                      "real run)")
     else:
         backbone, methods, stem = grid_plan(settings, timing, grid)
-    lines.append("methods: " + ", ".join(method_line(m, backbone) for m in methods))
+    # each method was checked against the backbone by grid_plan, where it is here
+    lines.append("methods: " + ", ".join(method_line(m) for m in methods))
     if grid.timing_only:
         runs = len(methods) * grid.repeats
         lines.append(f"timing: {runs} timed runs ({grid.repeats} rounds), {timing.phase}, "
