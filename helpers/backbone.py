@@ -27,7 +27,7 @@ import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pandas as pd
 import torch
@@ -319,21 +319,31 @@ def position_bias(backbone: PreTrainedModel) -> PositionBias | None:
         backbone.config.model_type == "wavlm" else None
 
 
-def run_layers(layers: Iterable[nn.Module], config: PretrainedConfig, hidden: torch.Tensor,
-               frames: torch.Tensor | None, bias: PositionBias | None = None) -> torch.Tensor:
-    """Hidden states through ``layers`` with the mask (and WavLM's position bias) each family's
-    layers take: Wav2Vec2 and HuBERT a 4-D attention mask, WavLM the frame mask and the bias."""
+def each_layer(layers: Iterable[nn.Module], config: PretrainedConfig, hidden: torch.Tensor,
+               frames: torch.Tensor | None, bias: PositionBias | None = None
+               ) -> Iterator[torch.Tensor]:
+    """The hidden states after each of ``layers`` in turn, with the mask (and WavLM's position
+    bias) each family's layers take: Wav2Vec2 and HuBERT a 4-D attention mask, WavLM the frame
+    mask and the bias. A generator, so that a caller wanting only the top state keeps no other."""
     if bias is None:
         mask = None if frames is None else create_bidirectional_mask(
             config=config, inputs_embeds=hidden, attention_mask=frames)
         for layer in layers:
             hidden = layer(hidden, attention_mask=mask)
-        return hidden
+            yield hidden
+        return
     positions = bias(hidden.shape[0], hidden.shape[1])
     for layer in layers:
         hidden, positions = layer(hidden, attention_mask=frames, position_bias=positions)
-    return hidden
+        yield hidden
 
+
+def run_layers(layers: Iterable[nn.Module], config: PretrainedConfig, hidden: torch.Tensor,
+               frames: torch.Tensor | None, bias: PositionBias | None = None) -> torch.Tensor:
+    """Hidden states through ``layers`` (see ``each_layer``): the top layer's output."""
+    for hidden in each_layer(layers, config, hidden, frames, bias):
+        pass
+    return hidden
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:

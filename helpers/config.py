@@ -143,6 +143,8 @@ class TimingConfig(Settings):
     num_steps: int = setting(5, "timed steps (the median is reported)")
     warmup: int = setting(2, "untimed steps first (allocator growth, kernel selection)")
     seed: int = setting(0, "seed of the weights and the random batch")
+    profile: bool = setting(False, "then run 2 more steps under torch.profiler and record the "
+                            "costliest operators' own seconds per step (where the time goes)")
 
     def __post_init__(self) -> None:
         self.check([("batch_size", "at least 1", self.batch_size >= 1),

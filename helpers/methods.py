@@ -3,7 +3,8 @@
 Methods are short strings, so that a results table, a command line and a notebook parameter
 all speak the same language: ``full``, ``full+cnn``, ``partial(3)``, ``lora(16)``,
 ``cached(3)``, ``weighted-sum``, the methods past the study (``lora-ffn(16)``, ``dora(16)``,
-``ia3``, ``bitfit``, ``adapter(32)``), any of them on a pruned backbone
+``ia3``, ``bitfit``, ``adapter(32)``, ``weighted-partial(3)``: the top 3 layers train and the
+head reads a learned mix of every layer), any of them on a pruned backbone
 (``prune(9)+partial(3)``: only the first 9 transformer layers are kept, then the top 3 of those
 train), and any with ``+bf16``, ``+fp16`` or ``+auto`` for
 mixed precision, ``+tf32`` to let fp32 matrix products use TF32 tensor cores (a GPU option:
@@ -32,7 +33,7 @@ from .config import RunConfig
 from .model import EmotionRegressor
 from .surgery import (SplitRegressor, add_adapters, add_dora, add_ia3, add_lora,
                       add_lora_everywhere, add_lora_feed_forward, prune_layers, train_all_layers,
-                      train_biases, train_top_layers, weighted_sum)
+                      train_biases, train_top_layers, weighted_sum, weighted_top_layers)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ KINDS = {kind.name: kind for kind in [
                timing_grid=("adapter(64)",)),
     MethodKind("weighted-sum", weighted_sum, "a learned mix of frozen layers + head",
                "tab:brown", training_grid=("weighted-sum",), timing_grid=("weighted-sum",)),
+    MethodKind("weighted-partial", weighted_top_layers, "the top n layers + a learned mix of "
+               "every layer + head", "sienna", number="layers trained", counts_layers=True,
+               training_grid=("weighted-partial(3)",), timing_grid=("weighted-partial(3)",)),
     MethodKind("bitfit", train_biases, "the transformer's biases + head", "tab:olive",
                training_grid=("bitfit",), timing_grid=("bitfit",)),
 ]}
@@ -118,7 +122,8 @@ PATTERN = re.compile(rf"^(?:prune\((?P<keep>\d+)\)(?:\+|$))?"
                      rf"(?P<kind>{'|'.join(map(re.escape, KINDS))})?(?:\((?P<number>\d+)\))?"
                      rf"(?P<options>(?:\+(?:{'|'.join(OPTIONS)}))*)$")
 EXAMPLES = ("full, full+cnn, partial(3), lora(16), lora-ffn(16), dora(16), ia3, bitfit, "
-            "adapter(32), cached(3), weighted-sum, partial(3)+bf16, prune(9)+partial(3)")
+            "adapter(32), cached(3), weighted-sum, weighted-partial(3), partial(3)+bf16, "
+            "prune(9)+partial(3)")
 
 
 @dataclass(frozen=True)

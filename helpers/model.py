@@ -90,28 +90,3 @@ class EmotionRegressor(nn.Module):
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.backbone(input_values, attention_mask=attention_mask).last_hidden_state
         return self.pool_and_predict(hidden, self.frame_lengths(lengths, hidden))
-
-
-class WeightedSumRegressor(nn.Module):
-    """The SUPERB baseline: a frozen backbone, a learned softmax-weighted sum of all its
-    layers' hidden states, pooling and the head. Only the layer weights and the head train.
-    """
-
-    def __init__(self, model: EmotionRegressor):
-        super().__init__()
-        self.model = model
-        model.backbone.requires_grad_(False)
-        self.layer_logits = nn.Parameter(torch.zeros(model.backbone.config.num_hidden_layers + 1))
-
-    def layer_weights(self) -> torch.Tensor:
-        """How much each layer contributes (index 0: the input to the first layer)."""
-        return self.layer_logits.softmax(0)
-
-    def forward(self, input_values: torch.Tensor, lengths: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        backbone = self.model.backbone.eval()  # frozen: no dropout, no SpecAugment
-        with torch.no_grad():
-            states = backbone(input_values, attention_mask=attention_mask,
-                              output_hidden_states=True).hidden_states
-        hidden = torch.einsum("l,lbtd->btd", self.layer_weights(), torch.stack(states))
-        return self.model.pool_and_predict(hidden, self.model.frame_lengths(lengths, hidden))

@@ -97,6 +97,7 @@ class TimingResult(Record):
     cache_seconds_per_batch: float | None = None
     weights_mib: float | None = None  # the model as it runs (fp32 weights, pruned or merged)
     trained_mib: float | None = None  # what the method changed: all to ship beside the backbone
+    operator_seconds: dict[str, float] | None = None  # with --profile: the costliest operators
 
 
 # what the bench's tables read from each kind of record (``mode``)

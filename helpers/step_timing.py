@@ -24,8 +24,8 @@ from .methods import Method, Prepared, parse_method, prepare
 from .results import TimingResult
 from .run import describe
 from .speedups import compile_trainable, set_tf32, tf32_in_effect
-from .timing import (attainable_flops, count_flops, median, peak_memory, peak_share,
-                     reset_peak_memory, synchronize, time_steps)
+from .timing import (attainable_flops, count_flops, median, operator_seconds, peak_memory,
+                     peak_share, reset_peak_memory, synchronize, time_steps)
 from .train import autocast, make_optimizer, make_scaler, train_step
 
 
@@ -67,7 +67,7 @@ def time_method(config: TimingConfig | str, backbone: str | None = None,
     return timing_record(method, prepared, config, times, flops, precision,
                          first_losses=[float(loss) for loss in
                                        losses[: config.warmup + config.num_steps]],
-                         **extra, **peak_memory(device))
+                         **measured_after(step, config, extra))
 
 
 def time_inference(method: Method, prepared: Prepared, config: TimingConfig, batch: dict,
@@ -89,8 +89,17 @@ def time_inference(method: Method, prepared: Prepared, config: TimingConfig, bat
     flops = count_flops(forward)
     reset_peak_memory(device)
     times = time_steps(forward, config.num_steps, config.warmup, device)
-    return timing_record(method, prepared, config, times, flops, precision, **extra,
-                         **peak_memory(device))
+    return timing_record(method, prepared, config, times, flops, precision,
+                         **measured_after(forward, config, extra))
+
+
+def measured_after(step: Callable[[], None], config: TimingConfig, extra: dict) -> dict:
+    """The timed steps' peak memory, then, with ``config.profile``, where a step's time goes
+    (profiled after the peak is read, so the profiler's own memory is not in it)."""
+    measured = {**extra, **peak_memory(config.device)}
+    if config.profile:
+        measured["operator_seconds"] = operator_seconds(step, config.device)
+    return measured
 
 
 def timing_record(method: Method, prepared: Prepared, config: TimingConfig, times: list[float],

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
-from .backbone import encoder_input, family_of, position_bias, run_layers
+from .backbone import each_layer, encoder_input, family_of, position_bias, run_layers
 from .dataset import wants_attention_mask
-from .model import HEAD_MODULES, EmotionRegressor, WeightedSumRegressor, frame_mask
+from .model import HEAD_MODULES, EmotionRegressor, frame_mask
 
 
 class Method(Protocol):
@@ -87,9 +87,17 @@ def add_adapters(model: EmotionRegressor, method: Method) -> EmotionRegressor:
     return train_head(model)
 
 
-def weighted_sum(model: EmotionRegressor, method: Method) -> WeightedSumRegressor:
-    """weighted-sum: a frozen backbone, a learned mix of its layers, and the head."""
-    return WeightedSumRegressor(model)
+def weighted_sum(model: EmotionRegressor, method: Method) -> WeightedSplitRegressor:
+    """weighted-sum: a frozen backbone, a learned mix of its layers, and the head (the SUPERB
+    baseline)."""
+    return weighted_split(model, 0)
+
+
+def weighted_top_layers(model: EmotionRegressor, method: Method) -> WeightedSplitRegressor:
+    """weighted-partial(n): partial(n) whose head reads a learned mix of every layer's output,
+    not the top layer's alone (the weighted sum combined with finetuning, as in ELP-adapter,
+    Lashkarashvili et al. 2024): lower layers' emotion cues reach the head untouched."""
+    return weighted_split(model, method.number)
 
 
 def prune_layers(backbone: PreTrainedModel, keep: int) -> PreTrainedModel:
@@ -182,6 +190,15 @@ class FrozenPrefix(nn.Module):
         return run_layers(self.backbone.encoder.layers[: self.k], self.backbone.config, hidden,
                           frames, position_bias(self.backbone))
 
+    @torch.no_grad()
+    def states(self, input_values: torch.Tensor,
+               attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """What enters layer 0, then the output of each layer below k."""
+        hidden, frames = encoder_input(self.backbone, input_values, attention_mask)
+        return [hidden, *each_layer(self.backbone.encoder.layers[: self.k],
+                                    self.backbone.config, hidden, frames,
+                                    position_bias(self.backbone))]
+
 
 class TrainableSuffix(nn.Module):
     """Layers k..L-1 (+ the final layer norm of pre-LN models), pooling and the head. It takes
@@ -198,10 +215,19 @@ class TrainableSuffix(nn.Module):
         self.pool_and_predict = model.pool_and_predict
         self.position_bias = position_bias(model.backbone)  # WavLM's, from layer 0's embedding
 
-    def forward(self, hidden: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
-        frames = frame_mask(frame_lengths, hidden.shape[1]) if wants_attention_mask(self.config) \
+    def frames(self, hidden: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor | None:
+        """The frame mask its layers take (None: the family runs unmasked)."""
+        return frame_mask(frame_lengths, hidden.shape[1]) if wants_attention_mask(self.config) \
             else None
-        hidden = run_layers(self.layers, self.config, hidden, frames, self.position_bias)
+
+    def states(self, hidden: torch.Tensor, frame_lengths: torch.Tensor) -> list[torch.Tensor]:
+        """The output of each of its layers (before the final layer norm)."""
+        return list(each_layer(self.layers, self.config, hidden,
+                               self.frames(hidden, frame_lengths), self.position_bias))
+
+    def forward(self, hidden: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        hidden = run_layers(self.layers, self.config, hidden, self.frames(hidden, frame_lengths),
+                            self.position_bias)
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
         return self.pool_and_predict(hidden, frame_lengths)
@@ -231,6 +257,36 @@ def split_at_layer(model: EmotionRegressor, k: int) -> SplitRegressor:
         raise ValueError(f"k={k}: choose a layer between 0 and {num_layers}")
     train_last_layers(model, num_layers - k)
     return SplitRegressor(model, k)
+
+
+class WeightedSplitRegressor(SplitRegressor):
+    """A split regressor whose head reads a learned softmax-weighted sum of every layer's
+    hidden states (index 0: what enters layer 0; the top one is the backbone's output, after
+    the final layer norm of pre-LN models) instead of the top layer's alone."""
+
+    def __init__(self, model: EmotionRegressor, k: int):
+        super().__init__(model, k)
+        self.layer_logits = nn.Parameter(torch.zeros(len(model.backbone.encoder.layers) + 1))
+
+    def layer_weights(self) -> torch.Tensor:
+        """How much each layer contributes (index 0: the input to the first layer)."""
+        return self.layer_logits.softmax(0)
+
+    def forward(self, input_values: torch.Tensor, lengths: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        states = self.prefix.states(input_values, attention_mask)
+        frame_lengths = self.model.frame_lengths(lengths, states[0])
+        states += self.suffix.states(states[-1], frame_lengths)
+        if self.suffix.final_norm is not None:
+            states[-1] = self.suffix.final_norm(states[-1])
+        hidden = torch.einsum("l,lbtd->btd", self.layer_weights(), torch.stack(states))
+        return self.model.pool_and_predict(hidden, frame_lengths)
+
+
+def weighted_split(model: EmotionRegressor, n: int) -> WeightedSplitRegressor:
+    """The top ``n`` layers, the layer weights and the head train (n = 0: a frozen backbone)."""
+    train_last_layers(model, n)
+    return WeightedSplitRegressor(model, len(model.backbone.encoder.layers) - n)
 
 
 # ------------------------------------------------------------------------ bottleneck adapters

@@ -62,6 +62,25 @@ def peak_memory(device: torch.device | str) -> dict[str, float]:
     return {"peak_rss_mib": max_rss / (2**20 if sys.platform == "darwin" else 2**10)}
 
 
+def operator_seconds(step: Callable[[], object], device: torch.device | str,
+                     calls: int = 2, top: int = 15) -> dict[str, float]:
+    """Where a step's time goes: the ``top`` costliest operators' own time (torch.profiler's
+    self time, on the GPU where there is one) in seconds per step, over ``calls`` steps."""
+    on_gpu = torch.device(device).type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if on_gpu:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(calls):
+            step()
+        synchronize(device)
+
+    def own_time(event) -> float:  # microseconds over all calls
+        return event.self_device_time_total if on_gpu else event.self_cpu_time_total
+    events = sorted(profiler.key_averages(), key=own_time, reverse=True)[:top]
+    return {event.key: round(own_time(event) / 1e6 / calls, 4) for event in events}
+
+
 def count_flops(step: Callable[[], object]) -> int:
     """Floating-point operations of one call (e.g. a forward + backward training step)."""
     with FlopCounterMode(display=False) as counter:

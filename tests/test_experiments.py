@@ -16,7 +16,7 @@ from helpers.tables import chosen_learning_rates, lr_search_table, methods_to_se
 from helpers.tools.bench import GridRunner, Job, timing_bench
 
 ALL_METHODS = ["full", "full+cnn", "partial(1)", "lora(4)", "cached(1)", "weighted-sum",
-               "partial(1)+bf16"]
+               "weighted-partial(1)", "partial(1)+bf16"]
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +44,23 @@ def test_every_method_trains_and_reports(tmp_path, manifest_rows, backbone_dir):
     params = {m: r["trainable_params"] for m, r in records.items()}
     assert params["full+cnn"] > params["full"] > params["partial(1)"] > params["weighted-sum"]
     assert params["cached(1)"] == params["partial(1)"] and params["lora(4)"] < params["full"]
+    assert params["weighted-partial(1)"] == params["partial(1)"] + 3  # a weight per state
     assert records["partial(1)+bf16"]["precision"] == "bf16"
     assert records["cached(1)"]["cache_bytes"] > 0
     for record in records.values():
         assert -1 <= record["test_ccc_mean"] <= 1 and record["seconds_per_epoch"] > 0
         assert record["total_params"] >= records["full"]["total_params"]  # LoRA adds adapters
+
+
+def test_a_profiled_timing_says_where_the_step_time_goes(backbone_dir):
+    record = time_method("lora(4)", backbone=backbone_dir, num_steps=1, warmup=0,
+                         clip_seconds=0.5, profile=True)
+    operators = record.operator_seconds
+    assert 0 < len(operators) <= 15 and all(seconds >= 0 for seconds in operators.values())
+    assert any(name in operators for name in ("aten::mm", "aten::addmm", "aten::bmm"))
+    assert sum(operators.values()) < 5 * record.seconds_per_step  # seconds per step, own times
+    assert time_method("lora(4)", backbone=backbone_dir, num_steps=1,
+                       clip_seconds=0.5).operator_seconds is None
 
 
 def test_timing_counts_fewer_flops_for_cheaper_methods(backbone_dir):

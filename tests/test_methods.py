@@ -163,7 +163,9 @@ def test_a_pruned_cached_step_equals_the_pruned_partial_step():
 @pytest.mark.parametrize("name, says", [
     ("prune(4)+partial(6)", r"the pruned backbone keeps 4 transformer layers, so at most "
                             r"partial\(4\)"),
-    ("prune(7)+full", r"the backbone has 6 transformer layers, so at most prune\(6\)")])
+    ("prune(7)+full", r"the backbone has 6 transformer layers, so at most prune\(6\)"),
+    ("prune(2)+weighted-partial(3)", r"keeps 2 transformer layers, so at most "
+                                     r"weighted-partial\(2\)")])
 def test_a_pruning_that_does_not_fit_is_refused_by_name(name, says):
     with pytest.raises(ValueError, match=says):
         prepare(name, "random:tiny")
@@ -211,16 +213,17 @@ def test_fresh_adapters_leave_the_backbone_output_unchanged_and_train_alone():
     assert count_parameters(adapted.model, True) - head == layers * (2 * width * 8 + 8 + width)
 
 
-def test_trained_parameters_save_and_reload_into_a_model_of_the_same_method(tmp_path):
+@pytest.mark.parametrize("name", ["adapter(8)", "weighted-partial(2)"])
+def test_trained_parameters_save_and_reload_into_a_model_of_the_same_method(tmp_path, name):
     from helpers.surgery import load_trained, save_trained
 
-    trained = prepare("adapter(8)", "random:tiny").model
+    trained = prepare(name, "random:tiny").model
     with torch.no_grad():  # stand-in for training: move every trained parameter
         for parameter in trained.parameters():
             if parameter.requires_grad:
                 parameter.add_(0.05 * torch.randn_like(parameter))
     path = save_trained(trained, tmp_path / "adapters.safetensors")
-    reloaded = load_trained(prepare("adapter(8)", "random:tiny").model, path)
+    reloaded = load_trained(prepare(name, "random:tiny").model, path)
     audio = torch.randn(1, 8000)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.eval()(audio), trained.eval()(audio))

@@ -7,7 +7,8 @@ from helpers.backbone import build_backbone
 from helpers.dataset import collate_for
 from helpers.metrics import ccc_loss
 from helpers.model import EmotionRegressor
-from helpers.surgery import freeze_feature_encoder, split_at_layer, train_last_layers
+from helpers.surgery import (freeze_feature_encoder, split_at_layer, train_last_layers,
+                             weighted_split)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small operations: see conftest
 
@@ -80,11 +81,36 @@ def one_step_gradients(model, batch) -> dict[str, torch.Tensor | None]:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n", [0, 1])
+def test_a_weighted_split_mixes_the_states_transformers_gives(variant, n):
+    """weighted-sum (n = 0) and weighted-partial(n) mix the states of transformers'
+    ``output_hidden_states`` by their weights, the top one as ``last_hidden_state`` (a pre-LN
+    model's final norm applied: transformers 5 records it before)."""
+    batch = padded_batch(variant)
+    model = regressor(variant).eval()
+    weighted = weighted_split(model, n).eval()
+    with torch.no_grad():
+        weighted.layer_logits.copy_(torch.randn(LAYERS + 1))
+        output = model.backbone(batch["input_values"], attention_mask=batch.get(
+            "attention_mask"), output_hidden_states=True)
+        states = [*output.hidden_states[:-1], output.last_hidden_state]
+        hidden = torch.einsum("l,lbtd->btd", weighted.layer_weights(), torch.stack(states))
+        expected = model.pool_and_predict(hidden, model.frame_lengths(batch["lengths"], hidden))
+        torch.testing.assert_close(weighted(**inputs(batch)), expected, rtol=1e-5, atol=1e-6)
+
+
+SPLITS = {"partial": lambda model, n: split_at_layer(model, LAYERS - n),
+          "weighted-partial": weighted_split}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("n", [1, LAYERS])
-def test_partial_training_sends_gradients_exactly_where_intended(variant, n):
-    model = split_at_layer(regressor(variant), LAYERS - n)
+@pytest.mark.parametrize("kind", list(SPLITS))
+def test_partial_training_sends_gradients_exactly_where_intended(variant, n, kind):
+    model = SPLITS[kind](regressor(variant), n)
     grads = one_step_gradients(model, padded_batch(variant))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert ("layer_logits" in trainable) == (kind == "weighted-partial")
     for name, grad in grads.items():
         if name in trainable:
             assert grad is not None and grad.abs().sum() > 0, f"{name} received no gradient"

@@ -203,7 +203,8 @@ def grid_plan_stem(backbone: str, timing: TimingConfig, grid: BenchGrid) -> str:
     if not grid.timing_only:
         return "bench"
     phase = "" if timing.phase == "train" else f"-{timing.phase}"
-    return f"timing-{backbone.replace(':', '-').replace('/', '-')}{phase}"
+    profiled = "-profile" if timing.profile else ""
+    return f"timing-{backbone.replace(':', '-').replace('/', '-')}{phase}{profiled}"
 
 
 def bench(settings: RunConfig, timing: TimingConfig, grid: BenchGrid) -> None:
