@@ -96,3 +96,15 @@ def summary_table(results: pd.DataFrame, reference: str = "full") -> pd.DataFram
         # as FLOPs say; 1.3 = 30% slower than predicted: fixed costs that FLOPs do not see)
         table["time_over_flop_ratio"] = (1 - table["time_reduction"]) / (flops / flops[reference])
     return table.round({column: 3 for column in table.columns if column != "lr"})
+
+
+def operator_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Where each method's step time goes: seconds per step of each profiled operator (rows,
+    costliest first) for each method (columns), from timings run with ``--profile``; the
+    last row is the measured step, profiled or not."""
+    profiled = records.dropna(subset=["operator_seconds"]).drop_duplicates("method", keep="last")
+    table = pd.DataFrame({row.method: row.operator_seconds for row in profiled.itertuples()})
+    table = table.loc[table.max(axis=1).sort_values(ascending=False).index]
+    table.loc["measured step"] = profiled.set_index("method")["seconds_per_step"]
+    table.index.name = "seconds per step"
+    return table

@@ -70,7 +70,7 @@ def operator_seconds(step: Callable[[], object], device: torch.device | str,
     activities = [torch.profiler.ProfilerActivity.CPU]
     if on_gpu:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as profiler:
+    with torch.profiler.profile(activities=activities, acc_events=True) as profiler:
         for _ in range(calls):
             step()
         synchronize(device)

@@ -12,7 +12,8 @@ from helpers.files import read_records
 from helpers.methods import parse_method
 from helpers.run import run
 from helpers.step_timing import time_method
-from helpers.tables import chosen_learning_rates, lr_search_table, methods_to_search, summary_table
+from helpers.tables import (chosen_learning_rates, lr_search_table, methods_to_search,
+                            operator_table, summary_table)
 from helpers.tools.bench import GridRunner, Job, timing_bench
 
 ALL_METHODS = ["full", "full+cnn", "partial(1)", "lora(4)", "cached(1)", "weighted-sum",
@@ -59,8 +60,11 @@ def test_a_profiled_timing_says_where_the_step_time_goes(backbone_dir):
     assert 0 < len(operators) <= 15 and all(seconds >= 0 for seconds in operators.values())
     assert any(name in operators for name in ("aten::mm", "aten::addmm", "aten::bmm"))
     assert sum(operators.values()) < 5 * record.seconds_per_step  # seconds per step, own times
-    assert time_method("lora(4)", backbone=backbone_dir, num_steps=1,
-                       clip_seconds=0.5).operator_seconds is None
+    plain = time_method("full", backbone=backbone_dir, num_steps=1, clip_seconds=0.5)
+    assert plain.operator_seconds is None
+    table = operator_table(pd.DataFrame([record.to_dict(), plain.to_dict()]))
+    assert list(table.columns) == ["lora(4)"] and table.index[-1] == "measured step"
+    assert table["lora(4)"].iloc[0] == max(operators.values())  # costliest first
 
 
 def test_timing_counts_fewer_flops_for_cheaper_methods(backbone_dir):
