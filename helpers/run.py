@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
+from transformers.utils import logging as hf_logging
 
 from . import distributed
 from .backbone import attention_kernel, count_parameters
@@ -126,6 +127,8 @@ def run(config: RunConfig, manifest: pd.DataFrame | None = None,
     fingerprint = fingerprint or run_fingerprint(config, data, world_size=ctx.world_size)
     inputs = digest(json.dumps([data, backbone_fingerprint(config.backbone)]))
     config = config.with_(device=device)  # this rank's GPU under a launcher
+    if not config.progress:  # nor transformers' bar while loading the backbone
+        hf_logging.disable_progress_bar()
     prepared = prepare(method, config.backbone, config.seed, config.attention, config.pooling)
     set_tf32(tf32_in_effect(method, config.device))
     reset_peak_memory(config.device)

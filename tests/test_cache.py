@@ -65,10 +65,14 @@ def test_a_cached_step_equals_a_partial_step(tmp_path, manifest_rows, variant, m
 
     assert set(cached_grads) == set(live_grads)
     assert cached_loss == pytest.approx(live_loss, abs=1e-4)
-    for name, expected in live_grads.items():  # fp16 storage error, relative to each gradient
+    # fp16 storage error, relative to each gradient; a gradient that is zero in exact
+    # arithmetic (a key projection's bias: softmax ignores a shift shared by all keys) is
+    # rounding noise on both sides, so the floor is a millionth of the largest gradient
+    floor = 1e-6 * max(g.abs().max().item() for g in live_grads.values())
+    for name, expected in live_grads.items():
         scale = expected.abs().max().item()
         torch.testing.assert_close(cached_grads[name], expected, rtol=1e-2,
-                                   atol=1e-2 * scale + 1e-10, msg=name)
+                                   atol=1e-2 * scale + floor, msg=name)
 
 
 def test_cache_is_rebuilt_when_any_input_changes(tmp_path, manifest_rows):
