@@ -193,8 +193,10 @@ def _costs(spec: str, batch_size: int, clip_seconds: float,
 
 
 # ----------------------------------------------------- what the explorer predicts, per device
-# the kinds that train the top n layers: on audio (partial) and on a layer cache (cached)
-TOP_LAYER_KINDS = [kind.name for kind in KINDS.values() if kind.counts_layers]
+# the kinds that train the top n layers and nothing else: on audio (partial) and on a layer
+# cache (cached); weighted-partial(n) costs what partial(n) does, so it adds no curve
+TOP_LAYER_KINDS = [kind.name for kind in KINDS.values()
+                   if kind.counts_layers and (kind.layer_sweep or kind.trains_on_cache)]
 
 
 def top_layer_kind(method: Method) -> str:
