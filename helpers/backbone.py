@@ -14,7 +14,7 @@ Three families share the shape the series relies on (CNN feature encoder -> proj
 positional convolution -> L transformer layers): Wav2Vec2, HuBERT and WavLM. ``FAMILIES`` says
 how each is built; what differs between them inside the transformer (WavLM's relative position
 bias, handed from the first layer to the others) is handled by ``encoder_input`` and
-``run_layers``, so every method and the layer cache work on each family alike. A checkpoint of
+``each_layer``, so every method and the layer cache work on each family alike. A checkpoint of
 another family is refused, never loaded into the wrong class, and a load that leaves a weight
 of the architecture missing or unused is an error.
 """
