@@ -13,12 +13,13 @@ from .constants import DIMENSIONS
 
 
 def ccc_per_dimension(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CCC of each column of (N, D) predictions against targets; differentiable."""
+    """CCC of each column of (N, D) predictions against targets, over the N rows; differentiable.
+    A leading batch axis, (K, N, D) -> (K, D), scores K resamples at once (the bootstrap)."""
     pred, target = pred.float(), target.float()
-    pred_mean, target_mean = pred.mean(0), target.mean(0)
-    covariance = ((pred - pred_mean) * (target - target_mean)).mean(0)
-    denominator = pred.var(0, unbiased=False) + target.var(0, unbiased=False) \
-        + (pred_mean - target_mean) ** 2
+    pred_mean, target_mean = pred.mean(-2, keepdim=True), target.mean(-2, keepdim=True)
+    covariance = ((pred - pred_mean) * (target - target_mean)).mean(-2)
+    denominator = pred.var(-2, unbiased=False) + target.var(-2, unbiased=False) \
+        + ((pred_mean - target_mean) ** 2).squeeze(-2)
     return 2 * covariance / denominator.clamp(min=1e-12)
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
-from .metrics import ccc
+from .metrics import ccc, ccc_per_dimension
 from .tables import final_runs
 
 MARGIN = 0.02  # differences of mean CCC smaller than this count as "the same"
@@ -22,6 +23,19 @@ MARGIN = 0.02  # differences of mean CCC smaller than this count as "the same"
 def mean_ccc(predictions: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean([ccc(predictions[:, d], targets[:, d])
                           for d in range(targets.shape[1])]))
+
+
+def resampled_mean_ccc(predictions: np.ndarray, targets: np.ndarray,
+                       clips: np.ndarray, chunk: int = 100) -> np.ndarray:
+    """Mean CCC over the dimensions on each resample of the test clips: ``clips`` holds K rows
+    of clip indices, the result K scores. Computed ``chunk`` resamples at a time, so a test set
+    of tens of thousands of clips stays small in memory."""
+    scores = []
+    for start in range(0, len(clips), chunk):
+        rows = clips[start:start + chunk]
+        scores.append(ccc_per_dimension(torch.from_numpy(predictions[rows]),
+                                        torch.from_numpy(targets[rows])).double().mean(-1))
+    return torch.cat(scores).numpy()
 
 
 def paired_bootstrap(method: list[dict], reference: list[dict], num_samples: int = 1000,
@@ -33,12 +47,14 @@ def paired_bootstrap(method: list[dict], reference: list[dict], num_samples: int
     generator = np.random.default_rng(seed)
     size = len(pairs[0][2])
     observed = np.mean([mean_ccc(a, t) - mean_ccc(b, t) for a, b, t in pairs])
-    samples = np.empty(num_samples)
-    for k in range(num_samples):
-        seeds = generator.integers(0, len(pairs), len(pairs))  # which training runs
-        clips = generator.integers(0, size, size)               # which test clips
-        samples[k] = np.mean([mean_ccc(a[clips], t[clips]) - mean_ccc(b[clips], t[clips])
-                              for a, b, t in (pairs[i] for i in seeds)])
+    draws = [(generator.integers(0, len(pairs), len(pairs)),  # which training runs
+              generator.integers(0, size, size))              # which test clips
+             for _ in range(num_samples)]
+    runs, clips = (np.stack(column) for column in zip(*draws))
+    # every pair's difference on every resample of the clips, then each resample's runs
+    differences = np.stack([resampled_mean_ccc(a, t, clips) - resampled_mean_ccc(b, t, clips)
+                            for a, b, t in pairs], axis=1)  # (resamples, pairs)
+    samples = np.take_along_axis(differences, runs, axis=1).mean(1)
     low, high = np.percentile(samples, [2.5, 97.5])
     return {"difference": float(observed), "low": float(low), "high": float(high),
             "seeds": len(pairs)}
