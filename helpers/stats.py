@@ -14,15 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .metrics import ccc, ccc_per_dimension
+from .metrics import ccc_per_dimension
 from .tables import final_runs
 
 MARGIN = 0.02  # differences of mean CCC smaller than this count as "the same"
-
-
-def mean_ccc(predictions: np.ndarray, targets: np.ndarray) -> float:
-    return float(np.mean([ccc(predictions[:, d], targets[:, d])
-                          for d in range(targets.shape[1])]))
 
 
 def resampled_mean_ccc(predictions: np.ndarray, targets: np.ndarray,
@@ -46,15 +41,17 @@ def paired_bootstrap(method: list[dict], reference: list[dict], num_samples: int
     pairs = pair_by_seed(method, reference)
     generator = np.random.default_rng(seed)
     size = len(pairs[0][2])
-    observed = np.mean([mean_ccc(a, t) - mean_ccc(b, t) for a, b, t in pairs])
+
+    def differences(clips: np.ndarray) -> np.ndarray:
+        """Every pair's CCC difference on each resample of the clips: (resamples, pairs)."""
+        return np.stack([resampled_mean_ccc(a, t, clips) - resampled_mean_ccc(b, t, clips)
+                         for a, b, t in pairs], axis=1)
+    observed = differences(np.arange(size)[None]).mean()
     draws = [(generator.integers(0, len(pairs), len(pairs)),  # which training runs
               generator.integers(0, size, size))              # which test clips
              for _ in range(num_samples)]
     runs, clips = (np.stack(column) for column in zip(*draws))
-    # every pair's difference on every resample of the clips, then each resample's runs
-    differences = np.stack([resampled_mean_ccc(a, t, clips) - resampled_mean_ccc(b, t, clips)
-                            for a, b, t in pairs], axis=1)  # (resamples, pairs)
-    samples = np.take_along_axis(differences, runs, axis=1).mean(1)
+    samples = np.take_along_axis(differences(clips), runs, axis=1).mean(1)  # each resample's runs
     low, high = np.percentile(samples, [2.5, 97.5])
     return {"difference": float(observed), "low": float(low), "high": float(high),
             "seeds": len(pairs)}

@@ -39,6 +39,20 @@ def small_config(variant: str = "base", layers: int = 2,
         conv_bias=large)
 
 
+def assert_gradients_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                           relative: float) -> None:
+    """The same parameters got the same gradients, within ``relative`` of each gradient's
+    largest entry (a cache's fp16 storage error). A gradient that is zero in exact arithmetic
+    (a key projection's bias: softmax ignores a shift shared by all keys) is rounding noise on
+    both sides, so the tolerance never falls below a millionth of the largest gradient."""
+    assert set(actual) == set(expected) and expected
+    floor = 1e-6 * max(g.abs().max().item() for g in expected.values())
+    for name, gradient in expected.items():
+        scale = gradient.abs().max().item()
+        torch.testing.assert_close(actual[name], gradient, rtol=1e-2,
+                                   atol=relative * scale + floor, msg=name)
+
+
 def write_tone(path: Path, seconds: float = 0.5, rate: int = 16_000, channels: int = 1,
                frequency: float = 220.0) -> Path:
     """A short sine tone as an audio file (format from the suffix)."""
