@@ -100,21 +100,34 @@ MATMUL_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfl
 
 def attainable_flops(device: torch.device | str, precision: str = "fp32",
                      n: int | None = None, num_steps: int = 5) -> float:
-    """FLOP/s of a large square matrix product in ``precision`` on ``device``, measured in this
+    """FLOP/s of square matrix products in ``precision`` on ``device``, measured in this
     process: the ceiling a training step in the same precision could reach on this machine (no
     vendor table needed). ``tf32`` is fp32 with TF32 allowed (the caller sets the policy).
-    Measured once per process for each device, precision and size: a notebook that times
-    several methods pays for it once (about 16 s in bf16 on a CPU that emulates it)."""
+
+    The product's side is ``n``, or by default 8192 on a GPU; on a CPU the best of 128, 256,
+    512 and 1024, stopping after the first side whose product takes over
+    ``SLOW_PRODUCT_SECONDS``. A CPU that emulates bf16 runs it about a hundred times slower
+    than fp32, and fastest on small products (there, seven 1024-sided products took 35 s at a
+    quarter of the FLOP/s of 256-sided ones). Measured once per process for each device,
+    precision and side: a notebook that times several methods pays for it once."""
     return _attainable_flops(str(torch.device(device)), precision, n, num_steps)
+
+
+SLOW_PRODUCT_SECONDS = 0.1
 
 
 @lru_cache(maxsize=None)
 def _attainable_flops(device: str, precision: str, n: int | None, num_steps: int) -> float:
-    device = torch.device(device)
-    n = n or (8192 if device.type == "cuda" else 1024)
-    a, b = (torch.randn(n, n, device=device, dtype=MATMUL_DTYPES[precision]) for _ in "ab")
-    seconds = median(time_steps(lambda: a @ b, num_steps, warmup=2, device=device))
-    return matmul_flops(n) / seconds
+    device, dtype = torch.device(device), MATMUL_DTYPES[precision]
+    sides = [n] if n else [8192] if device.type == "cuda" else [128, 256, 512, 1024]
+    best = 0.0
+    for side in sides:
+        a, b = (torch.randn(side, side, device=device, dtype=dtype) for _ in "ab")
+        seconds = median(time_steps(lambda: a @ b, num_steps, warmup=2, device=device))
+        best = max(best, matmul_flops(side) / seconds)
+        if seconds > SLOW_PRODUCT_SECONDS:
+            break
+    return best
 
 
 def peak_share(flops_per_step: float, seconds_per_step: float, attainable: float) -> float:

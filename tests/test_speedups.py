@@ -1,6 +1,7 @@
 """GPU-grade steps, checked on the CPU: compiled and eager steps agree, SDPA and eager attention
 agree, the peak-share arithmetic is right, and gpu-check without a GPU says so and exits 0."""
 
+import functools
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from helpers.checkpoints import seed_everything
 from helpers.methods import parse_method, prepare
 from helpers.speedups import compile_trainable, set_tf32, tf32_in_effect
 from helpers.step_timing import random_batch, time_method, training_step
+from helpers import timing
 from helpers.timing import matmul_flops, peak_share
 from helpers.tools.gpu_check import device_slug, summary_markdown
 
@@ -90,6 +92,22 @@ def test_peak_share_arithmetic_on_a_case_worked_by_hand():
     assert matmul_flops(1000) == 2_000_000_000  # 1000^3 multiply-adds, two operations each
     # 1.5 TFLOP in 0.5 s is 3 TFLOP/s; against a 12 TFLOP/s matmul that is a quarter
     assert peak_share(1.5e12, 0.5, 12e12) == pytest.approx(0.25)
+
+
+def test_the_cpu_ceiling_climbs_product_sides_until_one_is_slow(monkeypatch):
+    """The best FLOP/s of 128- to 1024-sided products, stopping after the first slow one: a CPU
+    that emulates bf16 is not held up for half a minute by 1024-sided products."""
+    sides = []
+    def timed(step, num_steps, warmup, device):
+        sides.append(len(step()))
+        return [{128: 1.0, 256: 0.5, 512: 10.0}[sides[-1]]] * num_steps  # 512 is slow
+    monkeypatch.setattr(timing, "time_steps", timed)
+    monkeypatch.setattr(timing, "SLOW_PRODUCT_SECONDS", 2.0)
+    fresh = functools.lru_cache(timing._attainable_flops.__wrapped__)  # this process's ceilings
+    monkeypatch.setattr(timing, "_attainable_flops", fresh)          # stay as they were
+    best = timing.attainable_flops("cpu", "bf16", num_steps=3)
+    assert sides == [128, 256, 512] and best == matmul_flops(256) / 0.5
+    assert timing.attainable_flops("cpu", "fp32", n=128, num_steps=1) == matmul_flops(128)
 
 
 @pytest.fixture
