@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run lab test coverage bench gpu-check sample clean
+.PHONY: help setup run lab test check-recorded coverage bench gpu-check sample clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,9 @@ lab: $(VENV)/.runtime  ## open JupyterLab on the notebooks
 
 test: $(VENV)/.dev  ## the test suite (unit tests + notebooks in SMOKE mode)
 	$(PY) -m pytest
+
+check-recorded: $(VENV)/.dev  ## recompute the figures recorded with the bundled corpus and backbone (CI runs it)
+	$(PY) -m pytest -m recorded
 
 # notebook kernels and subprocesses are not counted, so the notebooks' SMOKE runs are left out
 coverage: $(VENV)/.dev  ## line coverage of helpers/ by the test suite (in one process)

@@ -31,7 +31,11 @@ def test_random_tiny_is_the_bundled_architecture_with_fresh_weights():
     assert not first(random_weights).equal(first(pretrained))
 
 
+@pytest.mark.recorded
 def test_probe_measured_now_matches_the_recorded_one():
+    """Every clip of the bundled corpus through the backbone, then a ridge probe per layer
+    (about a minute and a half on 2 cores: ``make check-recorded``, which CI runs after
+    ``make test``)."""
     recorded = load_probes(BUNDLED_BACKBONE)
     measured = layer_probe(load_backbone("tiny"), sample_manifest())
     expected = recorded["pretrained"]
