@@ -2,9 +2,9 @@
 layer-choice explorer.
 
 The forward and backward FLOPs of every stage of a backbone are counted on PyTorch's ``meta``
-device (shapes only: no weights, no memory, about a second even for wav2vec2-large). A training
-step then costs the forward pass of every stage that runs plus the backward pass of every stage
-that trains (about twice its forward: gradients for both its inputs and its weights). Frozen
+device (shapes only: no weights, no memory; 1-5 s for wav2vec2-large, once per process). A
+training step then costs the forward pass of every stage that runs plus the backward pass of
+every stage that trains (about twice its forward: gradients for both its inputs and its weights). Frozen
 stages below the lowest trained one need no backward pass at all; with a cache they do not
 even run.
 
@@ -17,7 +17,7 @@ pass; the few coefficients are fitted to the measured peaks of each device.
 
 from __future__ import annotations
 
-import copy
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -39,9 +39,18 @@ from .tables import summary_table
 def stage_flops(config: PretrainedConfig, batch_size: int, clip_seconds: float) -> pd.DataFrame:
     """Forward and backward FLOPs and the parameters of each stage (CNN, projection, positional
     conv, layer 0 ... L-1) for a batch of ``batch_size`` clips of ``clip_seconds``, counted on
-    the meta device in a training step where everything but the CNN trains."""
+    the meta device in a training step where everything but the CNN trains. Counted once per
+    process for each architecture and batch: a count dispatches some 4,000 operations in
+    Python (seconds on a slow CPU), and the explorers ask for the same ones again."""
+    return _stage_flops(type(config), config.to_json_string(), batch_size, clip_seconds).copy()
+
+
+@lru_cache(maxsize=64)
+def _stage_flops(config_class: type[PretrainedConfig], config_json: str, batch_size: int,
+                 clip_seconds: float) -> pd.DataFrame:
+    config = config_class.from_dict(json.loads(config_json))
     with torch.device("meta"):
-        backbone = build_backbone(copy.deepcopy(config))
+        backbone = build_backbone(config)
         audio = torch.zeros(batch_size, int(clip_seconds * SAMPLE_RATE))
     backbone.feature_extractor._freeze_parameters()
     names = {module: name for name, module in backbone.named_modules()}
