@@ -4,9 +4,9 @@ layer-choice explorer.
 The forward and backward FLOPs of every stage of a backbone are counted on PyTorch's ``meta``
 device (shapes only: no weights, no memory; 1-5 s for wav2vec2-large, once per process). A
 training step then costs the forward pass of every stage that runs plus the backward pass of
-every stage that trains (about twice its forward: gradients for both its inputs and its weights). Frozen
-stages below the lowest trained one need no backward pass at all; with a cache they do not
-even run.
+every stage that trains (about twice its forward: gradients for both its inputs and its
+weights). Frozen stages below the lowest trained one need no backward pass at all; with a cache
+they do not even run.
 
 Time is predicted from FLOPs at the seconds per GFLOP measured for that backbone on that device
 (partial(3) in the timing records), and peak memory by ``peak_mib``: the weights, the gradients
