@@ -23,9 +23,10 @@ def tradeoff_figure(summary: pd.DataFrame, time_column: str = "seconds_per_epoch
     """Time per epoch (x) against mean test CCC (y); marker area = peak memory, colour = the
     method's family (filled: fp32, hollow: mixed precision). ``limits`` fixes the axes
     (x, y) and ``largest_memory`` the memory a full-size marker stands for, so that filtered
-    views can be compared (the same method keeps its marker size)."""
+    views can be compared (the same method keeps its marker size). A method without a time or a
+    CCC (an earlier record of another kind in the same results file) has no point to draw."""
     memory = memory_column(summary)
-    data = summary.reset_index()
+    data = summary.reset_index().dropna(subset=[time_column, "ccc_mean"])
     figure, axes = plt.subplots(figsize=(8, 4.8))
     scale = 400 / (largest_memory or summary[memory].max())
     for _, row in data.iterrows():

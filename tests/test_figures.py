@@ -33,6 +33,17 @@ def test_the_tradeoff_figure_names_every_method_without_covering_another():
     assert overlapping([text_box(t, renderer) for t in texts]) == []
 
 
+def test_a_method_without_figures_is_left_off_the_tradeoff_figure(tmp_path):
+    """A results file may hold an earlier record of another kind (no time, no CCC): the
+    figure draws the others and saves."""
+    summary = summary_table(reference_results("bench", quiet=True)).head(3)
+    summary.loc["full", ["seconds_per_epoch", "ccc_mean"]] = float("nan")
+    figure = tradeoff_figure(summary, path=tmp_path / "tradeoffs.png")
+    assert (tmp_path / "tradeoffs.png").is_file()
+    names = {t.get_text() for t in figure.axes[0].texts}
+    assert "full" not in names and set(summary.index[1:]) <= names
+
+
 def test_learning_curves_tick_whole_epochs(tmp_path):
     result = Result.__new__(Result)
     result.train_loss, result.dev_ccc = [0.9, 0.7, 0.6], [0.1, 0.3, 0.35]
