@@ -19,8 +19,8 @@ def test_the_bench_menu_offers_each_benchs_own_methods(capsys):
     methods, precision, bench = dashboard.children[0].children
     assert set(methods.options) == {"full", "partial", "lora", "cached", "weighted-sum"}
     bench.value = "beyond the study"
-    assert set(methods.options) == {"lora-ffn", "dora", "ia3", "bitfit", "adapter", "partial",
-                                    "cached", "weighted-partial"}
+    assert set(methods.options) == {"lora-ffn", "lora-all", "dora", "ia3", "bitfit", "adapter",
+                                    "partial", "cached", "weighted-partial"}
     assert methods.value == methods.options  # every family of the new bench, selected
     shown = capsys.readouterr().out
     assert "prune(4)+partial(3)" in shown and "weighted-sum" not in shown.split("lora-ffn")[-1]
