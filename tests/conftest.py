@@ -8,6 +8,7 @@ instead of silently downloading.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,20 @@ def manifest_rows(tmp_path) -> list[dict]:
                      "speaker": f"spk{i // 2}", "duration": 0.5 + 0.1 * i,
                      "label_min": 1.0, "label_max": 7.0})
     return rows
+
+
+GUARD = Path(__file__).parent / "netguard"  # sitecustomize that refuses network connections
+
+
+@pytest.fixture(scope="session")
+def kernel_env(tmp_path_factory) -> dict[str, str]:
+    """Notebook kernels' environment: SMOKE mode, one results folder for this worker's
+    notebooks, the network guard, and one thread per kernel: the notebooks share the 2 cores
+    with the unit tests, and two threads fighting other processes slow small operations
+    several-fold."""
+    return {"SMOKE": "1", "RESULTS_DIR": str(tmp_path_factory.mktemp("series-results")),
+            "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 from filelock import FileLock
 
+from conftest import GUARD
+
 from helpers.checkpoints import load_checkpoint, load_trainable_state
 from helpers.config import RunConfig
 from helpers.corpora import load_data
@@ -23,7 +25,6 @@ from helpers.notebook import smoke_subset
 from helpers.run import audio_loaders, cached_loaders, run
 from helpers.train import evaluate
 
-GUARD = Path(__file__).parent / "netguard"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")])}
 EPOCHS = 2  # enough to interrupt a run after its first epoch and resume it

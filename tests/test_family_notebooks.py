@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import small_config
+from conftest import GUARD, small_config
 from helpers.backbone import build_backbone
 from helpers.paths import NOTEBOOK_DIR
 from helpers.tools.run_notebooks import execute
-from test_notebooks import GUARD, SMOKE_CELL_TIMEOUT
+from test_notebooks import SMOKE_CELL_TIMEOUT
 
 
 def family_folder(family: str, root: Path) -> str:

@@ -1,11 +1,13 @@
 """Every notebook runs top to bottom in SMOKE mode (a failing cell fails the test), in a
 kernel that cannot reach the network, and trains at the learning rates the bench chose.
 
-The notebooks run in reading order over one shared results folder, as a reader's run would:
-what an earlier notebook saved (the probes of 00 and 01, 06's caches) is reused by later ones.
+The series runs in two halves, each in reading order over one results folder, as a reader's run
+would: here the data and probe notebooks (00, 01, the appendices and the solutions, which reuse
+the probes of 00 and 01), and in ``test_notebooks_training.py`` the training notebooks 02-08
+(06 reuses the caches it built). A test file runs whole on one worker (``--dist loadfile``), so
+the two halves run side by side.
 """
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -16,7 +18,6 @@ from helpers.notebook import bench_learning_rate, reference_results
 from helpers.tables import chosen_learning_rates
 from helpers.tools.run_notebooks import execute, series
 
-GUARD = Path(__file__).parent / "netguard"
 
 
 def test_the_series_is_complete():
@@ -27,27 +28,24 @@ def test_the_series_is_complete():
     assert "appendix_bundled-backbone" in names
 
 
-@pytest.fixture(scope="session")
-def kernel_env(tmp_path_factory) -> dict[str, str]:
-    """SMOKE mode, one results folder for the whole series, the network guard, and one thread
-    per kernel: the notebooks share the 2 cores with the unit tests, and two threads fighting
-    other processes slow small operations several-fold."""
-    return {"SMOKE": "1", "RESULTS_DIR": str(tmp_path_factory.mktemp("series-results")),
-            "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")])}
-
-
 # a SMOKE cell takes seconds (15 s at most here): one without a reply in 60 s met the rare
 # unanswered request (see ``execute``), and the notebook runs once more in a fresh kernel
 SMOKE_CELL_TIMEOUT = 60
 
+TRAINING = [p for p in series() if p.stem[:2].isdigit() and int(p.stem[:2]) >= 2]
 
-@pytest.mark.parametrize("notebook", series(), ids=lambda p: p.stem)
-def test_notebook_runs_in_smoke_mode(notebook, kernel_env):
+
+def run_in_smoke_mode(notebook: Path, kernel_env: dict[str, str]) -> None:
     executed = execute(notebook, timeout=SMOKE_CELL_TIMEOUT, env=kernel_env,
                        attempts=2)  # a failing cell raises
     code = [cell for cell in executed.cells if cell.cell_type == "code"]
     assert all(cell.get("execution_count") for cell in code)
+
+
+@pytest.mark.parametrize("notebook", [p for p in series() if p not in TRAINING],
+                         ids=lambda p: p.stem)
+def test_notebook_runs_in_smoke_mode(notebook, kernel_env):
+    run_in_smoke_mode(notebook, kernel_env)
 
 
 def test_a_failing_cell_fails_the_execution(tmp_path, kernel_env):
