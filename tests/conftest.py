@@ -20,8 +20,8 @@ from threadpoolctl import threadpool_limits
 from transformers import PretrainedConfig, Wav2Vec2Model
 
 from helpers.backbone import FAMILIES
-
 from helpers.constants import DIMENSIONS
+from helpers.tools.run_notebooks import SharedKernel
 
 _guard = importlib.util.spec_from_file_location(
     "netguard", Path(__file__).parent / "netguard" / "sitecustomize.py")
@@ -107,6 +107,24 @@ def kernel_env(tmp_path_factory) -> dict[str, str]:
     return {"SMOKE": "1", "RESULTS_DIR": str(tmp_path_factory.mktemp("series-results")),
             "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")])}
+
+
+# a SMOKE cell takes seconds (15 s at most here): one without a reply in 60 s met the rare
+# unanswered request (see ``run_notebooks.execute``), and the notebook runs once more in a
+# fresh kernel
+SMOKE_CELL_TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def smoke_kernel(kernel_env) -> SharedKernel:
+    """The kernel that runs this test file's notebooks one after another (``SharedKernel``)."""
+    with SharedKernel(kernel_env, timeout=SMOKE_CELL_TIMEOUT) as kernel:
+        yield kernel
+
+
+def assert_every_code_cell_ran(executed) -> None:
+    assert all(cell.get("execution_count") for cell in executed.cells
+               if cell.cell_type == "code")
 
 
 @pytest.fixture(scope="session")

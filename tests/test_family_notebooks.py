@@ -7,16 +7,13 @@ split and the cache must carry, and its attention names its projections its own 
 layers are wav2vec2's, so it runs one notebook here; the unit tests split, cache and adapt
 every family."""
 
-import os
 from pathlib import Path
 
 import pytest
 
-from conftest import GUARD, small_config
+from conftest import assert_every_code_cell_ran, small_config
 from helpers.backbone import build_backbone
 from helpers.paths import NOTEBOOK_DIR
-from helpers.tools.run_notebooks import execute
-from test_notebooks import SMOKE_CELL_TIMEOUT
 
 
 def family_folder(family: str, root: Path) -> str:
@@ -28,13 +25,8 @@ def family_folder(family: str, root: Path) -> str:
 
 @pytest.mark.parametrize("family, notebook", [("wavlm", "05_lora"), ("wavlm", "06_caching"),
                                               ("hubert", "05_lora")])
-def test_a_notebook_runs_with_another_backbone_family(family, notebook, tmp_path):
-    env = {"SMOKE": "1", "BACKBONE": family_folder(family, tmp_path),
-           "RESULTS_DIR": str(tmp_path),
-           "LR": "2e-4",  # the bench chose no rate for this backbone: LR = None would stop
-           "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")])}
-    executed = execute(NOTEBOOK_DIR / f"{notebook}.ipynb", timeout=SMOKE_CELL_TIMEOUT,
-                       env=env, attempts=2)
-    assert all(cell.get("execution_count") for cell in executed.cells
-               if cell.cell_type == "code")
+def test_a_notebook_runs_with_another_backbone_family(family, notebook, tmp_path, smoke_kernel):
+    executed = smoke_kernel.run(NOTEBOOK_DIR / f"{notebook}.ipynb", extra_env={
+        "BACKBONE": family_folder(family, tmp_path), "RESULTS_DIR": str(tmp_path),
+        "LR": "2e-4"})  # the bench chose no rate for this backbone: LR = None would stop
+    assert_every_code_cell_ran(executed)

@@ -5,7 +5,8 @@ The series runs in two halves, each in reading order over one results folder, as
 would: here the data and probe notebooks (00, 01, the appendices and the solutions, which reuse
 the probes of 00 and 01), and in ``test_notebooks_training.py`` the training notebooks 02-08
 (06 reuses the caches it built). A test file runs whole on one worker (``--dist loadfile``), so
-the two halves run side by side.
+the two halves run side by side, each in one kernel cleared between notebooks (``SharedKernel``:
+the kernel's start and its imports are paid once a file, not once a notebook).
 """
 
 from pathlib import Path
@@ -14,9 +15,10 @@ import nbformat
 import pytest
 from nbclient.exceptions import CellExecutionError
 
+from conftest import assert_every_code_cell_ran
 from helpers.notebook import bench_learning_rate, reference_results
 from helpers.tables import chosen_learning_rates
-from helpers.tools.run_notebooks import execute, series
+from helpers.tools.run_notebooks import SharedKernel, execute, series
 
 
 
@@ -28,45 +30,70 @@ def test_the_series_is_complete():
     assert "appendix_bundled-backbone" in names
 
 
-# a SMOKE cell takes seconds (15 s at most here): one without a reply in 60 s met the rare
-# unanswered request (see ``execute``), and the notebook runs once more in a fresh kernel
-SMOKE_CELL_TIMEOUT = 60
-
 TRAINING = [p for p in series() if p.stem[:2].isdigit() and int(p.stem[:2]) >= 2]
-
-
-def run_in_smoke_mode(notebook: Path, kernel_env: dict[str, str]) -> None:
-    executed = execute(notebook, timeout=SMOKE_CELL_TIMEOUT, env=kernel_env,
-                       attempts=2)  # a failing cell raises
-    code = [cell for cell in executed.cells if cell.cell_type == "code"]
-    assert all(cell.get("execution_count") for cell in code)
 
 
 @pytest.mark.parametrize("notebook", [p for p in series() if p not in TRAINING],
                          ids=lambda p: p.stem)
-def test_notebook_runs_in_smoke_mode(notebook, kernel_env):
-    run_in_smoke_mode(notebook, kernel_env)
+def test_notebook_runs_in_smoke_mode(notebook, smoke_kernel):
+    assert_every_code_cell_ran(smoke_kernel.run(notebook))
+
+
+def write_notebook(path: Path, *cells: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]),
+                   path)
+    return path
+
+
+def printed(executed) -> list[str]:
+    return [output.get("text", "").strip() for cell in executed.cells
+            for output in cell.get("outputs", [])]
 
 
 def test_a_failing_cell_fails_the_execution(tmp_path, kernel_env):
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
-                                               nbformat.v4.new_code_cell("1 / 0")])
-    path = tmp_path / "failing.ipynb"
-    nbformat.write(notebook, path)
     with pytest.raises(CellExecutionError, match="ZeroDivisionError"):
-        execute(path, timeout=60, env=kernel_env)
+        execute(write_notebook(tmp_path / "failing.ipynb", "x = 1", "1 / 0"), timeout=60,
+                env=kernel_env)
+
+
+def stalling_once(tmp_path: Path) -> tuple[Path, Path]:
+    """A notebook whose one cell hangs in its first kernel only, and the file where each kernel
+    that ran it wrote its process id."""
+    pids = tmp_path / "pids"
+    notebook = write_notebook(tmp_path / "stalls.ipynb", (
+        f"import os, pathlib, time\npids = pathlib.Path({str(pids)!r})\nfirst = not pids.exists()\n"
+        "pids.open('a').write(f'{os.getpid()} ')\nif first:\n    time.sleep(30)"))
+    return notebook, pids
 
 
 def test_a_cell_without_a_reply_is_run_again_in_a_fresh_kernel(tmp_path, kernel_env, capsys):
-    marker = tmp_path / "first-attempt"
-    stalls_once = (f"import pathlib, time\nm = pathlib.Path({str(marker)!r})\n"
-                   "if not m.exists():\n    m.touch()\n    time.sleep(30)")
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(stalls_once)])
-    path = tmp_path / "stalls.ipynb"
-    nbformat.write(notebook, path)
-    executed = execute(path, timeout=3, env=kernel_env, attempts=2)
-    assert executed.cells[0].execution_count == 1 and marker.exists()
+    notebook, pids = stalling_once(tmp_path)
+    executed = execute(notebook, timeout=3, env=kernel_env, attempts=2)
+    assert executed.cells[0].execution_count == 1 and len(set(pids.read_text().split())) == 2
     assert "stalls.ipynb: a cell got no reply within 3 s" in capsys.readouterr().out
+
+
+def test_a_shared_kernel_runs_each_notebook_from_a_cleared_namespace(tmp_path, kernel_env):
+    first = write_notebook(tmp_path / "one" / "first.ipynb",
+                           "import os\nleft_behind = 1\nprint(os.getpid())",
+                           "assert os.environ['ONLY_HERE'] == 'yes'")
+    second = write_notebook(tmp_path / "two" / "second.ipynb",
+                            "import os\nprint(os.getpid())",
+                            "assert 'left_behind' not in dir() and 'ONLY_HERE' not in os.environ",
+                            "print(os.getcwd())")
+    with SharedKernel(kernel_env, timeout=60) as kernel:
+        one = kernel.run(first, extra_env={"ONLY_HERE": "yes"})
+        two = kernel.run(second)
+        with pytest.raises(CellExecutionError, match="ZeroDivisionError"):
+            kernel.run(write_notebook(tmp_path / "failing.ipynb", "1 / 0"))
+        notebook, pids = stalling_once(tmp_path)  # no reply: a fresh kernel runs it again
+        kernel.timeout = 3
+        kernel.run(notebook)
+    assert printed(one)[0] == printed(two)[0]  # the same kernel process
+    assert printed(two)[1] == str(tmp_path / "two")  # in the notebook's own folder
+    assert len(two.cells) == 3 and two.cells[0].execution_count  # the clearing cell is gone
+    assert len(set(pids.read_text().split())) == 2
 
 
 def test_notebooks_train_each_method_at_the_rate_the_bench_chose(monkeypatch, tmp_path):

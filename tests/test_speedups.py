@@ -2,12 +2,11 @@
 agree, the peak-share arithmetic is right, and gpu-check without a GPU says so and exits 0."""
 
 import functools
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from helpers.__main__ import main
 from helpers.backbone import load_backbone
 from helpers.checkpoints import seed_everything
 from helpers.methods import parse_method, prepare
@@ -154,13 +153,12 @@ def test_a_timed_step_records_and_applies_the_tf32_in_effect(tf32_flags):
     assert result.tf32 is on_cuda and flags() == (on_cuda, on_cuda)
 
 
-def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
+def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    finished = subprocess.run([sys.executable, "-m", "helpers", "gpu-check", "--results-root",
-                               str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert finished.returncode == 0
-    assert finished.stdout.strip().count("\n") == 0 and "no CUDA GPU" in finished.stdout
+    main(["gpu-check", "--results-root", str(tmp_path)])  # returns: exit status 0
+    said = capsys.readouterr().out
+    assert said.strip().count("\n") == 0 and "no CUDA GPU" in said
     assert list(tmp_path.iterdir()) == []
 
 
