@@ -115,9 +115,10 @@ def kernel_env(tmp_path_factory) -> dict[str, str]:
 SMOKE_CELL_TIMEOUT = 60
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smoke_kernel(kernel_env) -> SharedKernel:
-    """The kernel that runs this test file's notebooks one after another (``SharedKernel``)."""
+    """The kernel that runs this worker's notebooks one after another (``SharedKernel``), in
+    the order of their test files."""
     with SharedKernel(kernel_env, timeout=SMOKE_CELL_TIMEOUT) as kernel:
         yield kernel
 

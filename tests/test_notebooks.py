@@ -47,8 +47,8 @@ def write_notebook(path: Path, *cells: str) -> Path:
 
 
 def printed(executed) -> list[str]:
-    return [output.get("text", "").strip() for cell in executed.cells
-            for output in cell.get("outputs", [])]
+    return [line for cell in executed.cells for output in cell.get("outputs", [])
+            for line in output.get("text", "").splitlines()]
 
 
 def test_a_failing_cell_fails_the_execution(tmp_path, kernel_env):
@@ -77,13 +77,13 @@ def test_a_cell_without_a_reply_is_run_again_in_a_fresh_kernel(tmp_path, kernel_
 def test_a_shared_kernel_runs_each_notebook_from_a_cleared_namespace(tmp_path, kernel_env):
     first = write_notebook(tmp_path / "one" / "first.ipynb",
                            "import os\nleft_behind = 1\nprint(os.getpid())",
-                           "assert os.environ['ONLY_HERE'] == 'yes'")
+                           "assert os.environ['ONLY_HERE'] == os.environ['RESULTS_DIR'] == 'x'")
     second = write_notebook(tmp_path / "two" / "second.ipynb",
                             "import os\nprint(os.getpid())",
                             "assert 'left_behind' not in dir() and 'ONLY_HERE' not in os.environ",
-                            "print(os.getcwd())")
+                            "print(os.getcwd())\nprint(os.environ['RESULTS_DIR'])")
     with SharedKernel(kernel_env, timeout=60) as kernel:
-        one = kernel.run(first, extra_env={"ONLY_HERE": "yes"})
+        one = kernel.run(first, extra_env={"ONLY_HERE": "x", "RESULTS_DIR": "x"})
         two = kernel.run(second)
         with pytest.raises(CellExecutionError, match="ZeroDivisionError"):
             kernel.run(write_notebook(tmp_path / "failing.ipynb", "1 / 0"))
@@ -92,6 +92,7 @@ def test_a_shared_kernel_runs_each_notebook_from_a_cleared_namespace(tmp_path, k
         kernel.run(notebook)
     assert printed(one)[0] == printed(two)[0]  # the same kernel process
     assert printed(two)[1] == str(tmp_path / "two")  # in the notebook's own folder
+    assert printed(two)[2] == kernel_env["RESULTS_DIR"]  # the kernel's own setting again
     assert len(two.cells) == 3 and two.cells[0].execution_count  # the clearing cell is gone
     assert len(set(pids.read_text().split())) == 2
 

@@ -132,14 +132,17 @@ class SharedKernel:
         notebook gone, this notebook's folder and environment in force."""
         import nbformat  # (Jupyter) optional, as in read_notebook
 
-        unset = sorted(self.extra_keys - set(extra_env))
+        started = {**os.environ, **self.env}  # what the kernel had before any extra_env
+        earlier = self.extra_keys - set(extra_env)
         self.extra_keys = set(extra_env)
+        restored = {key: started[key] for key in earlier if key in started}
+        dropped = sorted(earlier - set(started))
         return nbformat.v4.new_code_cell(
             "%reset -f\n"  # no name of its own is left behind: every module by __import__
             '__import__("matplotlib.pyplot").pyplot.close("all")\n'
             f'__import__("os").chdir({str(folder)!r})\n'
-            f'__import__("os").environ.update({extra_env!r})\n'
-            f'[__import__("os").environ.pop(key, None) for key in {unset!r}]')
+            f'__import__("os").environ.update({ {**restored, **extra_env}!r})\n'
+            f'[__import__("os").environ.pop(key, None) for key in {dropped!r}]')
 
     def execute(self, notebook, source: Path) -> None:
         from nbclient.util import run_sync  # (Jupyter) optional, as in read_notebook
