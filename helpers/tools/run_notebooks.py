@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..paths import NOTEBOOK_DIR
 
@@ -67,27 +67,35 @@ def execute(source: Path, target: Path | None = None, timeout: int = 1200,
     unanswered (the client waits for a reply that never comes), which a rerun does not meet.
     """
     import nbformat  # (Jupyter) optional, as in read_notebook
-    from nbclient.exceptions import CellTimeoutError
+
+    def run_once():
+        notebook = read_notebook(source)
+        notebook_client(notebook, source, timeout).execute()
+        return notebook
 
     with environment(env):
-        for attempt in range(1, attempts + 1):
-            notebook = read_notebook(source)
-            try:
-                notebook_client(notebook, source, timeout).execute()
-                break
-            except CellTimeoutError:
-                if attempt == attempts:
-                    raise
-                said_no_reply(source, timeout)
+        notebook = with_reruns(run_once, source, timeout, attempts)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, target)
     return notebook
 
 
-def said_no_reply(source: Path, timeout: int) -> None:
-    print(f"{source.name}: a cell got no reply within {timeout} s; running the notebook again "
-          "in a fresh kernel", flush=True)
+def with_reruns(run_once: Callable[[], object], source: Path, timeout: int, attempts: int,
+                after_no_reply: Callable[[], None] = lambda: None):
+    """``run_once()``'s notebook; a cell without a reply (see ``execute``) calls
+    ``after_no_reply`` and runs it again while ``attempts`` allow."""
+    from nbclient.exceptions import CellTimeoutError  # (Jupyter) optional, as in read_notebook
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return run_once()
+        except CellTimeoutError:
+            after_no_reply()
+            if attempt == attempts:
+                raise
+            print(f"{source.name}: a cell got no reply within {timeout} s; running the notebook "
+                  "again in a fresh kernel", flush=True)
 
 
 class SharedKernel:
@@ -111,21 +119,13 @@ class SharedKernel:
     def run(self, source: Path, extra_env: dict[str, str] | None = None, attempts: int = 2):
         """Run ``source`` top to bottom (a failing cell raises) with ``extra_env`` set in the
         kernel for this notebook only; return the executed notebook."""
-        from nbclient.exceptions import CellTimeoutError  # (Jupyter) optional, as in read_notebook
-
-        for attempt in range(1, attempts + 1):
+        def run_once():
             notebook = read_notebook(source)
             notebook.cells.insert(0, self.clearing_cell(source.parent, extra_env or {}))
-            try:
-                self.execute(notebook, source)
-                break
-            except CellTimeoutError:
-                self.close()
-                if attempt == attempts:
-                    raise
-                said_no_reply(source, self.timeout)
-        notebook.cells.pop(0)
-        return notebook
+            self.execute(notebook, source)
+            notebook.cells.pop(0)
+            return notebook
+        return with_reruns(run_once, source, self.timeout, attempts, after_no_reply=self.close)
 
     def clearing_cell(self, folder: Path, extra_env: dict[str, str]):
         """The first cell of every notebook here: the namespace and the figures of the last
